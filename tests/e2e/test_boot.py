@@ -1,0 +1,183 @@
+"""End to end with the real Linux self-test guest under real QEMU.
+
+Order matters only for the last test, which checks that nothing before it wrote the base image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vmtest.config.models import LinuxGuestConfig, VmtestConfig
+from vmtest.errors import GuestCrashed, InfraError, MachineExited
+from vmtest.images.linux import LinuxImage, build_linux_image
+from vmtest.progress import PlainProgress
+from vmtest.session import VmSession
+
+pytestmark = pytest.mark.e2e
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def image() -> LinuxImage:
+    return build_linux_image()
+
+
+@pytest.fixture(scope="module")
+def base_disk_hash(image: LinuxImage) -> str:
+    return sha256(image.disk)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def config_for(tmp_path: Path, image: LinuxImage, append: str = "") -> VmtestConfig:
+    return VmtestConfig(artifacts=tmp_path, guest=LinuxGuestConfig(image=image.root, append=append))
+
+
+def qemu_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_boot_ready_screenshot_and_clean_shutdown(
+    tmp_path: Path, image: LinuxImage, base_disk_hash: str
+) -> None:
+    async def scenario() -> tuple[VmSession, Path | None, int]:
+        async with VmSession(config_for(tmp_path, image), PlainProgress()) as session:
+            assert session.machine is not None
+            shot = await session.screenshot("ready")
+            pid = session.machine.process.pid if session.machine.process else -1
+        return session, shot, pid
+
+    session, shot, pid = asyncio.run(scenario())
+    assert shot is not None and shot.read_bytes().startswith(PNG_SIGNATURE)
+    assert session.shutdown_report is not None
+    assert session.shutdown_report.step == "guest power-off"
+    assert session.shutdown_report.returncode == 0
+    assert not qemu_alive(pid)
+    run = session.run_dir.path
+    assert run.stat().st_mode & 0o777 == 0o700
+    serial = run / "serial-console.log"
+    assert image.ready_marker in serial.read_text(errors="replace")
+    assert "Linux version" in serial.read_text(errors="replace")
+    assert '"event": "SHUTDOWN"' in (run / "qmp-events.jsonl").read_text()
+
+
+def test_guest_panic_is_reported_as_a_crash_with_logs(
+    tmp_path: Path, image: LinuxImage, base_disk_hash: str
+) -> None:
+    async def scenario() -> None:
+        async with VmSession(config_for(tmp_path, image, append="vmtest.selftest=panic"), PlainProgress()):
+            pass
+
+    started = time.monotonic()
+    with pytest.raises(GuestCrashed) as caught:
+        asyncio.run(scenario())
+    assert time.monotonic() - started < 120
+    error = caught.value
+    assert error.phase == "ready"
+    assert error.crash is not None and getattr(error.crash, "name", "") == "GUEST_PANICKED"
+    assert error.artifacts is not None
+    serial = (error.artifacts / "serial-console.log").read_text(errors="replace")
+    assert "Kernel panic" in serial
+    assert error.screenshot is not None and error.screenshot.read_bytes().startswith(PNG_SIGNATURE)
+    assert "GUEST_PANICKED" in str(error) and str(error.artifacts) in str(error)
+
+
+def test_qemu_killed_from_outside_is_a_clear_error_within_seconds(tmp_path: Path, image: LinuxImage) -> None:
+    killed_at: list[float] = []
+
+    async def scenario() -> None:
+        session = VmSession(config_for(tmp_path, image), PlainProgress())
+
+        async def kill_when_booting() -> None:
+            while session.machine is None or session.machine.process is None:
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(1.0)
+            killed_at.append(time.monotonic())
+            os.kill(session.machine.process.pid, signal.SIGKILL)
+
+        killer = asyncio.create_task(kill_when_booting())
+        try:
+            async with session:
+                pass
+        finally:
+            killer.cancel()
+
+    with pytest.raises(MachineExited) as caught:
+        asyncio.run(scenario())
+    assert killed_at and time.monotonic() - killed_at[0] < 10
+    assert "killed by SIGKILL" in str(caught.value)
+    assert caught.value.artifacts is not None and (caught.value.artifacts / "qemu.log").exists()
+
+
+def test_qemu_does_not_outlive_vmtest_killed_with_sigkill(tmp_path: Path, image: LinuxImage) -> None:
+    config = tmp_path / "vmtest.yaml"
+    config.write_text(f"artifacts: {tmp_path / 'runs'}\nguest:\n  image: {image.root}\n")
+    vmtest = subprocess.Popen(
+        [sys.executable, "-m", "vmtest.cli", "boot", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        qemu_pid = wait_for_child_qemu(vmtest.pid, timeout=60)
+    finally:
+        vmtest.kill()
+        vmtest.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while qemu_alive(qemu_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not qemu_alive(qemu_pid), f"QEMU {qemu_pid} survived vmtest's SIGKILL"
+
+
+def wait_for_child_qemu(parent: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for child in children:
+                try:
+                    if "qemu-system" in Path(f"/proc/{child}/cmdline").read_bytes().decode(errors="replace"):
+                        return int(child)
+                except OSError:
+                    continue
+        time.sleep(0.1)
+    raise AssertionError("vmtest did not start QEMU in time")
+
+
+def test_infra_errors_name_the_phase_and_the_logs(tmp_path: Path, image: LinuxImage) -> None:
+    config = VmtestConfig(artifacts=tmp_path, guest=LinuxGuestConfig(image=tmp_path / "no-such-image"))
+
+    async def scenario() -> None:
+        async with VmSession(config, PlainProgress()):
+            pass
+
+    with pytest.raises(InfraError) as caught:
+        asyncio.run(scenario())
+    assert caught.value.phase == "prepare"
+    assert "vmtest image build linux" in str(caught.value)
+
+
+def test_base_image_is_never_written(image: LinuxImage, base_disk_hash: str) -> None:
+    assert sha256(image.disk) == base_disk_hash

@@ -1,0 +1,143 @@
+"""The typed configuration: what a ``vmtest.yaml`` may contain, its defaults and its limits.
+
+Every model forbids unknown keys. Relative paths are resolved against the configuration file's
+directory. Values pulled from the environment with ``${NAME}`` are remembered so that the resolved
+configuration written to a run directory never contains them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    model_validator,
+)
+
+__all__ = [
+    "Accelerator",
+    "LinuxGuestConfig",
+    "MachineConfig",
+    "SshConfig",
+    "Timeouts",
+    "VmtestConfig",
+]
+
+Accelerator = Literal["auto", "kvm", "tcg"]
+REDACTED = "<redacted>"
+
+
+def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    base = (info.context or {}).get("base_dir")
+    value = value.expanduser()
+    if base is not None and not value.is_absolute():
+        return Path(base) / value
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MachineConfig(_Strict):
+    """The virtual hardware and the QEMU binary that runs it."""
+
+    qemu: str = Field("qemu-system-x86_64", min_length=1, description="QEMU binary, by name or path")
+    accel: Accelerator = Field(
+        "auto", description="auto probes KVM with a tiny guest and falls back to TCG when KVM cannot run one"
+    )
+    cpus: int = Field(2, ge=1, le=64)
+    memory_mib: int = Field(1024, ge=128, le=1024 * 1024)
+    extra_args: tuple[str, ...] = Field((), description="appended to the QEMU command line as they are")
+
+
+class Timeouts(_Strict):
+    """Deadlines, in seconds. Every wait in vmtest has one."""
+
+    boot: float = Field(180.0, gt=0, description="QEMU start until the guest is ready")
+    qmp_command: float = Field(15.0, gt=0, description="one QMP command")
+    shutdown: float = Field(30.0, gt=0, description="the whole shutdown ladder")
+    accel_probe: float = Field(8.0, gt=0, description="the KVM probe guest")
+
+
+class SshConfig(_Strict):
+    """How vmtest logs into the guest over SSH (through a port forwarded on 127.0.0.1)."""
+
+    user: str = Field("root", min_length=1)
+    guest_port: int = Field(22, ge=1, le=65535)
+    key: ConfigPath | None = Field(None, description="private key; default: the image's client key")
+    password: SecretStr | None = Field(None, description="use ${NAME} to read it from the environment")
+    host_key: str | None = Field(
+        None, description="pinned public key line ('ssh-ed25519 AAAA...'); default: the image's host key"
+    )
+    insecure_accept_any_host_key: bool = Field(
+        False, description="trust whatever key the guest presents: only for throwaway VMs"
+    )
+
+
+class LinuxGuestConfig(_Strict):
+    """A Linux guest booted from a kernel and an initramfs: the self-test guest built by vmtest."""
+
+    kind: Literal["linux"] = "linux"
+    image: ConfigPath | None = Field(
+        None, description="a directory made by `vmtest image build linux`; default: the newest one built"
+    )
+    append: str = Field("", description="extra kernel command-line arguments")
+    ssh: SshConfig = SshConfig()
+
+
+class VmtestConfig(_Strict):
+    """A whole vmtest configuration file."""
+
+    guest: LinuxGuestConfig = LinuxGuestConfig()
+    machine: MachineConfig = MachineConfig()
+    timeouts: Timeouts = Timeouts()
+    artifacts: ConfigPath = Field(Path("vmtest-artifacts"), description="one subdirectory per run")
+
+    _secret_paths: frozenset[tuple[str | int, ...]] = PrivateAttr(default=frozenset())
+
+    @model_validator(mode="after")
+    def _remember_secrets(self, info: ValidationInfo) -> VmtestConfig:
+        self._secret_paths = frozenset((info.context or {}).get("secret_paths", ()))
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved configuration as plain data, with every secret and environment value removed."""
+        data = self.model_dump(mode="json")
+        for path in self._secret_paths:
+            _replace(data, path)
+        _redact_secret_fields(self, data)
+        return data
+
+
+def _replace(data: Any, path: tuple[str | int, ...]) -> None:
+    *parents, last = path
+    node = data
+    for part in parents:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return
+    if isinstance(node, dict) and last in node:
+        node[last] = REDACTED
+    elif isinstance(node, list) and isinstance(last, int) and 0 <= last < len(node):
+        node[last] = REDACTED
+
+
+def _redact_secret_fields(model: BaseModel, data: dict[str, Any]) -> None:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, SecretStr):
+            data[name] = REDACTED
+        elif isinstance(value, BaseModel) and isinstance(data.get(name), dict):
+            _redact_secret_fields(value, data[name])

@@ -1,0 +1,1 @@
+"""Talking to the guest: readiness checks, and (later) command and file transports."""

@@ -1,0 +1,69 @@
+"""The guest profile interface: what differs between guest kinds in the QEMU command line."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+__all__ = ["LaunchContext", "Profile"]
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What the machine decided before asking the profile for its arguments."""
+
+    accel: str
+    overlays: tuple[Path, ...]
+    run_dir: Path
+
+
+class Profile(abc.ABC):
+    """One kind of guest (``linux``, ``windows11``): its virtual hardware and how it shows readiness.
+
+    The machine adds what every guest shares (QMP, the serial ports in ``serial_roles`` order, user
+    networking with ``netdev`` id ``net0``, the accelerator, memory and CPUs); the profile adds the rest.
+    """
+
+    name: ClassVar[str]
+    serial_roles: ClassVar[tuple[str, ...]] = ("console",)
+    requires_kvm: ClassVar[bool] = False
+
+    @property
+    @abc.abstractmethod
+    def base_disks(self) -> tuple[Path, ...]:
+        """Disk images the guest boots from; vmtest never writes them (each run gets overlays)."""
+
+    @property
+    @abc.abstractmethod
+    def forwards(self) -> Mapping[str, int]:
+        """Guest TCP ports to forward to 127.0.0.1, by name (for example ``{"ssh": 22}``)."""
+
+    @property
+    def ready_marker(self) -> str | None:
+        """Text the guest prints on its ``console`` serial port once it is ready, if it prints any."""
+        return None
+
+    @property
+    def probe_kernel(self) -> Path | None:
+        """A Linux kernel the KVM probe may boot to test whether KVM can run a real guest."""
+        return None
+
+    @property
+    def powerdown_timeout(self) -> float:
+        """How long an ACPI power-button press may take to power the guest off."""
+        return 10.0
+
+    @abc.abstractmethod
+    def cpu_model(self, accel: str) -> str:
+        """The ``-cpu`` model for ``accel`` (``kvm`` or ``tcg``)."""
+
+    @abc.abstractmethod
+    def qemu_args(self, context: LaunchContext) -> list[str]:
+        """The guest-specific part of the QEMU command line."""
+
+    def describe(self) -> str:
+        """A short human description for logs."""
+        return self.name

@@ -1,0 +1,134 @@
+"""One VM from boot to shutdown: the first steps of the pipeline, shared by every command.
+
+``async with VmSession(config, progress) as session:`` boots the configured guest and waits until it is
+ready; leaving the block always shuts QEMU down, and a failure inside it is reported with the phase,
+the run directory and a screenshot of the guest's screen.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+
+from vmtest.config.models import VmtestConfig
+from vmtest.errors import InfraError
+from vmtest.guest.banner import wait_for_ssh_banner
+from vmtest.images.linux import default_cache_root
+from vmtest.machine.accel import resolve_accelerator
+from vmtest.machine.machine import Machine, ShutdownReport
+from vmtest.machine.ports import LOOPBACK
+from vmtest.machine.profiles import profile_for
+from vmtest.machine.rundir import RunDirectory
+from vmtest.progress import Progress
+
+__all__ = ["VmSession"]
+
+log = logging.getLogger(__name__)
+
+
+class VmSession:
+    """Boots the configured guest, waits until it is ready, and always shuts it down."""
+
+    def __init__(self, config: VmtestConfig, progress: Progress, *, label: str = "run") -> None:
+        self.config = config
+        self.progress = progress
+        self.run_dir = RunDirectory.create(config.artifacts, label)
+        self._log_handler = _attach_run_log(self.run_dir.vmtest_log)
+        self.machine: Machine | None = None
+        self.phase = "prepare"
+        self.shutdown_report: ShutdownReport | None = None
+        self.screenshots: list[Path] = []
+
+    @contextmanager
+    def step(self, phase: str, description: str) -> Iterator[None]:
+        """Run one phase: shown in the progress display, named in any error raised inside it."""
+        self.phase = phase
+        with self.progress.phase(phase, description):
+            try:
+                yield
+            except InfraError as error:
+                error.located(phase=phase, artifacts=self.run_dir.path)
+                raise
+
+    async def __aenter__(self) -> VmSession:
+        try:
+            await self._boot()
+        except BaseException as error:
+            await self.__aexit__(type(error), error, error.__traceback__)
+            raise
+        return self
+
+    async def _boot(self) -> None:
+        config = self.config
+        with self.step("prepare", "locating the guest image"):
+            profile = profile_for(config)
+        with self.step("accel", f"choosing the accelerator ({config.machine.accel})"):
+            accel = await resolve_accelerator(
+                config.machine.accel,
+                qemu=config.machine.qemu,
+                kvm_cpu_model=profile.cpu_model("kvm"),
+                timeout=config.timeouts.accel_probe,
+                probe_kernel=profile.probe_kernel,
+                cache_dir=default_cache_root(),
+            )
+        self.progress.note(f"run directory: {self.run_dir.path} (accelerator: {accel})")
+        machine = Machine(profile, config.machine, config.timeouts, self.run_dir, accel=accel)
+        self.machine = machine
+        with self.step("boot", f"starting QEMU ({profile.describe()} guest)"):
+            await machine.start()
+        with self.step("ready", "waiting for the guest to be ready"):
+            await self._wait_ready(machine)
+
+    async def _wait_ready(self, machine: Machine) -> None:
+        budget = self.config.timeouts.boot
+        marker = machine.profile.ready_marker
+        if marker is not None:
+            await machine.wait_for_console(marker, budget, f"waiting for {marker!r} on the serial console")
+        ssh_port = machine.forwards.get("ssh")
+        if ssh_port is not None:
+            banner = await machine.wait(
+                wait_for_ssh_banner(LOOPBACK, ssh_port),
+                budget,
+                f"waiting for an SSH banner on {LOOPBACK}:{ssh_port}",
+            )
+            log.info("guest SSH server: %s", banner)
+
+    async def screenshot(self, label: str) -> Path | None:
+        """Save a screenshot of the guest's screen into the run directory."""
+        if self.machine is None:
+            return None
+        path = await self.machine.screenshot(label)
+        if path is not None:
+            self.screenshots.append(path)
+        return path
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        try:
+            if error is not None and self.machine is not None:
+                shot = await self.screenshot(f"failure-{self.phase}")
+                if isinstance(error, InfraError):
+                    error.located(phase=self.phase, artifacts=self.run_dir.path, screenshot=shot)
+            if self.machine is not None:
+                with self.progress.phase("shutdown", "stopping the VM"):
+                    self.shutdown_report = await self.machine.shutdown()
+        finally:
+            if self.machine is not None:
+                self.machine.kill_now()
+            logging.getLogger("vmtest").removeHandler(self._log_handler)
+            self._log_handler.close()
+
+
+def _attach_run_log(path: Path) -> logging.Handler:
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("vmtest")
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.DEBUG:
+        root.setLevel(logging.DEBUG)
+    return handler
