@@ -19,10 +19,17 @@ __all__ = [
     "EXIT_INFRA",
     "EXIT_TEST_FAILURE",
     "AcceleratorError",
+    "AuthenticationFailed",
+    "CommandTimeout",
     "ConfigError",
     "ConfigProblem",
     "DeadlineExceeded",
+    "DriverError",
+    "GuestCommandFailed",
     "GuestCrashed",
+    "GuestError",
+    "GuestUnreachable",
+    "HostKeyMismatch",
     "ImageError",
     "InfraError",
     "MachineExited",
@@ -147,3 +154,41 @@ class GuestCrashed(InfraError):
     def __init__(self, message: str, *, crash: object = None, phase: str | None = None) -> None:
         self.crash = crash
         super().__init__(message, phase=phase)
+
+
+class GuestError(InfraError):
+    """Talking to the guest failed: it cannot be reached, refused us, or a command misbehaved."""
+
+
+class GuestUnreachable(GuestError):
+    """The guest did not answer on its transport before the deadline, or the connection dropped."""
+
+
+class AuthenticationFailed(GuestError):
+    """The guest refused our credentials; retrying cannot help."""
+
+
+class HostKeyMismatch(GuestError):
+    """The guest's SSH host key is not the pinned one; retrying cannot help."""
+
+
+class GuestCommandFailed(GuestError):
+    """A command in the guest exited with a non-zero status where success was required."""
+
+
+class CommandTimeout(GuestError, DeadlineExceeded):
+    """A command in the guest ran past its deadline."""
+
+
+class DriverError(VmtestError):
+    """The driver under test could not be deployed, loaded or unloaded; the message says what to do.
+
+    This is the driver's (or its package's) failure, not the machinery's, so it counts as a test failure.
+    """
+
+    exit_code = EXIT_TEST_FAILURE
+
+    def __init__(self, message: str, *, code: int | None = None, output: str = "") -> None:
+        self.code = code
+        self.output = output
+        super().__init__(message)
