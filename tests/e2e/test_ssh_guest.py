@@ -1,0 +1,137 @@
+"""SshTransport against the real Linux self-test guest (dropbear) under real QEMU, booted once.
+
+The VM session lives in an event loop on its own thread for the whole module, while the tests use the
+(blocking) transport from the main thread; the fixture always shuts the VM down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from vmtest.config.models import LinuxGuestConfig, VmtestConfig
+from vmtest.errors import AuthenticationFailed, HostKeyMismatch
+from vmtest.guest.ssh import SshTransport
+from vmtest.images.linux import LinuxImage, build_linux_image
+from vmtest.progress import PlainProgress
+from vmtest.session import VmSession
+
+pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
+PASSWORD = "canary-e2e-Pw9-not-for-printing"
+
+
+class LoopThread:
+    """An event loop running in a thread of its own, kept alive until ``close`` (QEMU is bound to it)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="vm-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def image() -> LinuxImage:
+    return build_linux_image()
+
+
+@pytest.fixture(scope="module")
+def guest(image: LinuxImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VmtestConfig, int]]:
+    config = VmtestConfig(artifacts=tmp_path_factory.mktemp("runs"), guest=LinuxGuestConfig(image=image.root))
+    session = VmSession(config, PlainProgress(), label="ssh-e2e")
+    loop = LoopThread()
+    try:
+        loop.run(session.__aenter__())  # shuts the VM down itself if booting fails
+        try:
+            assert session.machine is not None
+            yield config, session.machine.forwards["ssh"]
+        finally:
+            loop.run(session.__aexit__(None, None, None))
+    finally:
+        loop.close()
+
+
+@pytest.fixture
+def ssh(guest: tuple[VmtestConfig, int], image: LinuxImage) -> Iterator[SshTransport]:
+    config, port = guest
+    transport = SshTransport.for_guest(config.guest.ssh, port, image)
+    transport.wait_ready(60)
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
+def test_uname_matches_the_image_kernel(ssh: SshTransport, image: LinuxImage) -> None:
+    result = ssh.run(["uname", "-r"], timeout=30).check("uname -r")
+    assert result.stdout.decode().strip() == image.kernel_release
+
+
+def test_put_and_get_a_megabyte(ssh: SshTransport, tmp_path: Path) -> None:
+    source = tmp_path / "one-megabyte.bin"
+    source.write_bytes(os.urandom(1024 * 1024))
+    remote = "/tmp/vmtest-e2e/one megabyte.bin"
+    ssh.run(["mkdir", "-p", "/tmp/vmtest-e2e"], timeout=30).check("mkdir")
+    calls: list[tuple[int, int]] = []
+    ssh.put(source, remote, timeout=60, progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (1024 * 1024, 1024 * 1024)
+    in_guest = ssh.run(["sha256sum", remote], timeout=30).check("sha256sum")
+    assert in_guest.stdout.decode().split()[0] == hashlib.sha256(source.read_bytes()).hexdigest()
+    back = tmp_path / "back.bin"
+    ssh.get(remote, back, timeout=60)
+    assert back.read_bytes() == source.read_bytes()
+
+
+def test_both_streams_at_once_against_dropbear(ssh: SshTransport) -> None:
+    script = "head -c 3000000 /dev/zero >&2 & head -c 4000000 /dev/zero; wait; exit 3"
+    result = ssh.run(["sh", "-c", script], timeout=120)
+    assert (result.exit_code, len(result.stdout), len(result.stderr)) == (3, 4_000_000, 3_000_000)
+
+
+def test_a_wrong_pinned_host_key_fails_at_once(guest: tuple[VmtestConfig, int], image: LinuxImage) -> None:
+    config, port = guest
+    wrong = config.guest.ssh.model_copy(update={"host_key": public_line(Ed25519PrivateKey.generate())})
+    transport = SshTransport.for_guest(wrong, port, image)
+    started = time.monotonic()
+    with pytest.raises(HostKeyMismatch) as caught:
+        transport.wait_ready(60)
+    assert time.monotonic() - started < 10
+    assert image.host_key.split()[0] in str(caught.value)
+
+
+def test_a_password_is_refused_at_once_by_the_key_only_guest(
+    guest: tuple[VmtestConfig, int], image: LinuxImage
+) -> None:
+    _, port = guest
+    transport = SshTransport(
+        host="127.0.0.1", port=port, user="root", key=None, password=PASSWORD, host_key=image.host_key
+    )
+    started = time.monotonic()
+    with pytest.raises(AuthenticationFailed) as caught:
+        transport.wait_ready(60)
+    assert time.monotonic() - started < 10
+    assert PASSWORD not in str(caught.value)
+
+
+def public_line(key: Ed25519PrivateKey) -> str:
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return public.decode()
