@@ -15,7 +15,7 @@ from typing import Any
 from vmtest.config import DEFAULT_CONFIG_NAME, load_config
 from vmtest.config.loader import load_model
 from vmtest.config.models import VmtestConfig
-from vmtest.errors import VmtestError
+from vmtest.errors import ConfigError, DeadlineExceeded, VmtestError
 from vmtest.progress import make_progress
 from vmtest.session import VmSession
 
@@ -26,8 +26,14 @@ EXIT_INTERRUPTED = 130
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``vmtest`` console script; returns the exit code."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    guest_command: list[str] = []
+    if "--" in words:  # `vmtest exec [CONFIG] -- CMD...`: everything after -- is the guest's
+        at = words.index("--")
+        words, guest_command = words[:at], words[at + 1 :]
     parser = _parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(words)
+    args.guest_command = guest_command
     _configure_logging(args.verbose)
     command: Callable[[argparse.Namespace], int] = args.command
     try:
@@ -55,7 +61,31 @@ def _parser() -> argparse.ArgumentParser:
     boot.add_argument(
         "config", nargs="?", type=Path, help=f"default: ./{DEFAULT_CONFIG_NAME} or the Linux self-test guest"
     )
+    boot.add_argument(
+        "--keep", action="store_true", help="keep the VM running (until Ctrl-C) and print how to reach it"
+    )
+    boot.add_argument(
+        "--keep-for", type=float, default=3600.0, metavar="SECONDS", help="with --keep: at most"
+    )
     boot.set_defaults(command=_boot)
+
+    exec_ = commands.add_parser("exec", help="run a command in the guest: vmtest exec [CONFIG] -- CMD...")
+    exec_.add_argument("config", nargs="?", type=Path)
+    exec_.add_argument(
+        "--vm", type=Path, metavar="RUN_DIR", help="a guest kept running by `vmtest boot --keep`"
+    )
+    exec_.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+    exec_.set_defaults(command=_exec)
+
+    copy = commands.add_parser(
+        "copy", help="copy a file in or out: vmtest copy [CONFIG] SRC DST (guest:PATH)"
+    )
+    copy.add_argument("operands", nargs="+", metavar="[CONFIG] SRC DST")
+    copy.add_argument(
+        "--vm", type=Path, metavar="RUN_DIR", help="a guest kept running by `vmtest boot --keep`"
+    )
+    copy.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS")
+    copy.set_defaults(command=_copy)
 
     image = commands.add_parser("image", help="build guest images")
     image_commands = image.add_subparsers(title="image commands", required=True, metavar="ACTION")
@@ -84,10 +114,26 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _boot(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    return _run_async(_boot_async(config))
+    return _run_async(_boot_async(config, args.keep_for if args.keep else None))
 
 
-async def _boot_async(config: VmtestConfig) -> int:
+def _exec(args: argparse.Namespace) -> int:
+    from vmtest.cli_guest import execute
+
+    return execute(args.config, args.vm, args.guest_command, args.timeout)
+
+
+def _copy(args: argparse.Namespace) -> int:
+    from vmtest.cli_guest import copy
+
+    operands: list[str] = args.operands
+    if len(operands) not in (2, 3):
+        raise ConfigError("usage: vmtest copy [CONFIG] SRC DST, with guest paths written as guest:PATH")
+    config = Path(operands[0]) if len(operands) == 3 else None
+    return copy(config, args.vm, operands[-2], operands[-1], args.timeout)
+
+
+async def _boot_async(config: VmtestConfig, keep_for: float | None) -> int:
     progress = make_progress()
     started = time.monotonic()
     try:
@@ -100,6 +146,8 @@ async def _boot_async(config: VmtestConfig) -> int:
             )
             progress.note(f"guest ready after {ready_after:.1f}s ({ports})")
             progress.note(f"screenshot: {shot}" if shot else "screenshot: not taken (see vmtest.log)")
+            if keep_for is not None:
+                await _keep(session, keep_for)
         progress.note(f"logs: {session.run_dir.path}")
         report = session.shutdown_report
         if report is not None:
@@ -107,6 +155,21 @@ async def _boot_async(config: VmtestConfig) -> int:
     finally:
         progress.close()
     return 0
+
+
+async def _keep(session: VmSession, keep_for: float) -> None:
+    from vmtest.guest.connect import GuestAccess
+
+    await session.connect()
+    access = GuestAccess.read(session.run_dir.path)
+    session.progress.note(f"the VM stays up until Ctrl-C (at most {keep_for:.0f}s); reach it with:")
+    session.progress.note(f"  {access.ssh_command(session.run_dir.path)}")
+    session.progress.note(f"  vmtest exec --vm {session.run_dir.path} -- uname -a")
+    assert session.machine is not None and session.machine.process is not None
+    try:
+        await session.machine.wait(session.machine.process.wait(), keep_for, "keeping the VM up")
+    except DeadlineExceeded:
+        session.progress.note(f"--keep-for {keep_for:.0f}s is over; shutting the VM down")
 
 
 def _image_build(args: argparse.Namespace) -> int:

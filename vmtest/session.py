@@ -7,15 +7,18 @@ the run directory and a screenshot of the guest's screen.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 from vmtest.config.models import VmtestConfig
 from vmtest.errors import InfraError
 from vmtest.guest.banner import wait_for_ssh_banner
+from vmtest.guest.connect import Guest, access_for, guest_for
 from vmtest.images.linux import default_cache_root
 from vmtest.machine.accel import resolve_accelerator
 from vmtest.machine.machine import Machine, ShutdownReport
@@ -28,6 +31,8 @@ __all__ = ["VmSession"]
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class VmSession:
     """Boots the configured guest, waits until it is ready, and always shuts it down."""
@@ -38,6 +43,7 @@ class VmSession:
         self.run_dir = RunDirectory.create(config.artifacts, label)
         self._log_handler = _attach_run_log(self.run_dir.vmtest_log)
         self.machine: Machine | None = None
+        self.guest: Guest | None = None
         self.phase = "prepare"
         self.shutdown_report: ShutdownReport | None = None
         self.screenshots: list[Path] = []
@@ -96,6 +102,32 @@ class VmSession:
             )
             log.info("guest SSH server: %s", banner)
 
+    async def connect(self) -> Guest:
+        """Log into the ready guest; the transport and driver lifecycle are then ``self.guest``."""
+        machine = self._require_machine()
+        budget = self.config.timeouts.boot
+        with self.step("connect", "logging into the guest"):
+            guest = guest_for(self.config, machine.profile, machine.forwards, self.run_dir.path.name)
+            self.guest = guest
+            await self.call(
+                guest.transport.wait_ready, budget, timeout=budget + 5, what="logging into the guest"
+            )
+        access_for(self.config, machine.profile, machine.forwards).write(self.run_dir.path)
+        return guest
+
+    async def call(self, function: Callable[..., T], *args: object, timeout: float, what: str) -> T:
+        """Run a blocking guest operation in a worker thread, ending early if the VM dies or crashes.
+
+        ``function`` must have its own deadline too: a worker thread cannot be cancelled.
+        """
+        machine = self._require_machine()
+        return await machine.wait(asyncio.to_thread(function, *args), timeout, what)
+
+    def _require_machine(self) -> Machine:
+        if self.machine is None:
+            raise RuntimeError("the VM is not booted")
+        return self.machine
+
     async def screenshot(self, label: str) -> Path | None:
         """Save a screenshot of the guest's screen into the run directory."""
         if self.machine is None:
@@ -113,6 +145,8 @@ class VmSession:
                 shot = await self.screenshot(f"failure-{self.phase}")
                 if isinstance(error, InfraError):
                     error.located(phase=self.phase, artifacts=self.run_dir.path, screenshot=shot)
+            if self.guest is not None:
+                await asyncio.to_thread(self.guest.close)
             if self.machine is not None:
                 with self.progress.phase("shutdown", "stopping the VM"):
                     self.shutdown_report = await self.machine.shutdown()

@@ -40,6 +40,10 @@ class DriverLifecycle(abc.ABC):
         """Load the driver with ``parameters``; raise DriverError with what to do if the kernel refuses."""
 
     @abc.abstractmethod
+    def is_loaded(self, driver: DeployedDriver) -> bool:
+        """True if the driver is loaded (running) in the guest now."""
+
+    @abc.abstractmethod
     def unload(self, driver: DeployedDriver) -> None:
         """Stop the driver; raise DriverError if it cannot be unloaded."""
 

@@ -35,7 +35,7 @@ class CommandResult:
         return self.exit_code == 0
 
     def text(self) -> str:
-        """stdout then stderr, decoded leniently (guest output is not always valid UTF-8)."""
+        """Standard output then standard error, decoded leniently (guest output is not always valid UTF-8)."""
         return (self.stdout + self.stderr).decode("utf-8", errors="replace")
 
     def check(self, what: str) -> CommandResult:
@@ -43,7 +43,9 @@ class CommandResult:
         if not self.ok:
             output = self.text().strip()
             detail = f":\n{output[-2000:]}" if output else " (no output)"
-            raise GuestCommandFailed(f"{what} failed with exit status {self.exit_code}: {self.command}{detail}")
+            raise GuestCommandFailed(
+                f"{what} failed with exit status {self.exit_code}: {self.command}{detail}"
+            )
         return self
 
 
@@ -56,14 +58,18 @@ class Transport(abc.ABC):
 
     @abc.abstractmethod
     def run(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
-        """Run ``argv`` (quoted for the guest's shell here, never by the caller) within ``timeout`` seconds."""
+        """Run ``argv`` within ``timeout`` seconds; the transport quotes it for the guest's shell."""
 
     @abc.abstractmethod
-    def put(self, local: Path, remote: str, *, timeout: float, progress: ProgressCallback | None = None) -> None:
+    def put(
+        self, local: Path, remote: str, *, timeout: float, progress: ProgressCallback | None = None
+    ) -> None:
         """Copy the host file ``local`` to the guest path ``remote``."""
 
     @abc.abstractmethod
-    def get(self, remote: str, local: Path, *, timeout: float, progress: ProgressCallback | None = None) -> None:
+    def get(
+        self, remote: str, local: Path, *, timeout: float, progress: ProgressCallback | None = None
+    ) -> None:
         """Copy the guest file ``remote`` to the host path ``local``."""
 
     @abc.abstractmethod

@@ -1,0 +1,163 @@
+"""The Linux driver lifecycle: a kernel module copied in, ``insmod`` with parameters, ``rmmod``.
+
+Failures are reported with what the kernel said (``insmod``'s error and the tail of the kernel log)
+and what to do about it, the way a module author would want to read them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from vmtest.drivers.lifecycle import DeployedDriver, DriverLifecycle, DriverParameters
+from vmtest.errors import DriverError
+from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
+
+__all__ = ["INSMOD_ERRORS", "RMMOD_ERRORS", "LinuxDriverLifecycle", "module_name"]
+
+log = logging.getLogger(__name__)
+
+COMMAND_TIMEOUT = 60.0
+GUEST_ROOT = "/tmp/vmtest"
+_PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# What insmod/rmmod print (busybox and kmod wordings, matched case-insensitively) -> what to do.
+INSMOD_ERRORS: dict[str, str] = {
+    "invalid module format": "the module was built for another kernel (vermagic or symbol versions "
+    "differ), or is not a module: rebuild it against this guest's kernel headers",
+    "unknown symbol": "the module uses a symbol this kernel does not export, or a module it depends on "
+    "is not loaded: the kernel log names the symbol",
+    "invalid parameters": "a module parameter's value is malformed: the kernel log names it",
+    "invalid argument": "a module parameter's value is malformed, or the module's init returned -EINVAL",
+    "file exists": "a module of that name is already loaded",
+    "operation not permitted": "the kernel refused to load modules (signing enforced, lockdown, or "
+    "modules disabled)",
+    "key was rejected by service": "the module's signature was rejected: sign it with a trusted key",
+    "no such file or directory": "the module file is missing in the guest",
+}
+RMMOD_ERRORS: dict[str, str] = {
+    "resource temporarily unavailable": "the module is in use (its reference count is not zero)",
+    "device or resource busy": "the module is in use, or its exit function refused to unload",
+    "no such file or directory": "the module is not loaded",
+    "operation not permitted": "the kernel refused to unload modules",
+}
+_INIT_FAILED = "the module's init function returned an error"
+_INSMOD_REASON = re.compile(
+    r"can't insert '[^']*': (?P<reason>.+)$|ERROR: could not insert module .*?: (?P<kmod>.+)$", re.M
+)
+_UNKNOWN_PARAMETER = re.compile(r"(?P<module>\w+): unknown parameter '(?P<name>[^']*)' ignored")
+
+
+def module_name(ko: Path | str) -> str:
+    """The kernel's name for a module file: the file stem with dashes as underscores."""
+    return Path(ko).name.removesuffix(".ko").replace("-", "_")
+
+
+def _find_module(package: Path) -> Path:
+    if package.is_file():
+        if package.suffix != ".ko":
+            raise DriverError(f"{package} is not a Linux kernel module (.ko)")
+        return package
+    if package.is_dir():
+        modules = sorted(package.glob("*.ko"))
+        if len(modules) == 1:
+            return modules[0]
+        found = ", ".join(m.name for m in modules) or "none"
+        raise DriverError(f"{package} must hold exactly one .ko module (found: {found})")
+    raise DriverError(f"driver package {package} does not exist")
+
+
+def _explain(result: CommandResult, table: dict[str, str], default: str) -> str:
+    text = result.text()
+    lowered = text.lower()
+    for needle, meaning in table.items():
+        if needle in lowered:
+            return meaning
+    match = _INSMOD_REASON.search(text)
+    reason = (match.group("reason") or match.group("kmod")) if match else None
+    return f"{default} ({reason.strip()})" if reason else default
+
+
+class LinuxDriverLifecycle(DriverLifecycle):
+    """Loads kernel modules into a Linux guest over a transport with a POSIX shell."""
+
+    def __init__(self, transport: Transport, run_id: str) -> None:
+        self.transport = transport
+        self.guest_dir = f"{GUEST_ROOT}/{run_id}"
+
+    def _run(self, *argv: str) -> CommandResult:
+        return self.transport.run(argv, timeout=COMMAND_TIMEOUT)
+
+    def deploy(self, package: Path, *, progress: ProgressCallback | None = None) -> DeployedDriver:
+        """Copy the module into the run's guest folder."""
+        module = _find_module(package)
+        self._run("mkdir", "-p", self.guest_dir).check("creating the guest folder")
+        remote = f"{self.guest_dir}/{module.name}"
+        self.transport.put(module, remote, timeout=COMMAND_TIMEOUT, progress=progress)
+        return DeployedDriver(name=module_name(module), guest_dir=self.guest_dir, guest_binary=remote)
+
+    def is_loaded(self, driver: DeployedDriver) -> bool:
+        """True if the kernel has a module of the driver's name loaded."""
+        return self._run("test", "-d", f"/sys/module/{driver.name}").ok
+
+    def load(self, driver: DeployedDriver, parameters: DriverParameters) -> None:
+        """``insmod`` with ``parameters`` as module parameters; unloads a previous copy first."""
+        if self.is_loaded(driver):
+            log.info("module %s is already loaded; unloading it first", driver.name)
+            self.unload(driver)
+        arguments = [f"{key}={_parameter_value(key, value)}" for key, value in parameters.items()]
+        seen_before = len(self._kernel_log())
+        result = self._run("insmod", driver.guest_binary, *arguments)
+        kernel_log = self._format_log(self._kernel_log(), since=seen_before)
+        if not result.ok:
+            meaning = _explain(result, INSMOD_ERRORS, _INIT_FAILED)
+            raise DriverError(
+                f"loading {driver.name} failed: {meaning}", output=result.text().strip() + kernel_log
+            )
+        ignored = [m["name"] for m in _UNKNOWN_PARAMETER.finditer(kernel_log) if m["module"] == driver.name]
+        if ignored:
+            self.unload(driver)
+            raise DriverError(
+                f"{driver.name} does not know the parameter(s) {', '.join(sorted(set(ignored)))}: the kernel "
+                "ignored them, so the module was unloaded again",
+                output=kernel_log,
+            )
+
+    def unload(self, driver: DeployedDriver) -> None:
+        """``rmmod`` the module."""
+        seen_before = len(self._kernel_log())
+        result = self._run("rmmod", driver.name)
+        if not result.ok:
+            meaning = _explain(result, RMMOD_ERRORS, "rmmod failed")
+            kernel_log = self._format_log(self._kernel_log(), since=seen_before)
+            raise DriverError(
+                f"unloading {driver.name} failed: {meaning}", output=result.text().strip() + kernel_log
+            )
+
+    def remove(self, driver: DeployedDriver) -> None:
+        """Delete the run's guest folder."""
+        self._run("rm", "-rf", driver.guest_dir).check("removing the guest folder")
+
+    def _kernel_log(self) -> list[str]:
+        result = self._run("dmesg")
+        return result.stdout.decode(errors="replace").splitlines() if result.ok else []
+
+    @staticmethod
+    def _format_log(lines: list[str], *, since: int, most: int = 40) -> str:
+        """The kernel log lines that appeared after the first ``since`` (the last ``most`` if it wrapped)."""
+        new = lines[since:] if since <= len(lines) else lines
+        return "\nkernel log:\n" + "\n".join(new[-most:]) if new else ""
+
+
+def _parameter_value(key: str, value: str | int) -> str:
+    if not _PARAMETER_NAME.match(key):
+        raise DriverError(f"module parameter name {key!r} is not a valid C identifier")
+    text = str(value)
+    if any(ch in text for ch in "\n\0"):
+        raise DriverError(f"module parameter {key} contains a line break or NUL")
+    if any(ch.isspace() for ch in text) or '"' in text:
+        if '"' in text:
+            raise DriverError(f"module parameter {key} cannot contain a double quote")
+        return f'"{text}"'  # the kernel's parameter parser honours double quotes around spaces
+    return text

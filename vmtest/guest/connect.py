@@ -1,0 +1,103 @@
+"""Choosing the transport and the driver lifecycle for the configured guest kind.
+
+This is the one place that knows which guest kind uses which implementations; the pipeline above it
+only sees a :class:`Guest`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmtest.config.models import VmtestConfig
+from vmtest.drivers.lifecycle import DriverLifecycle
+from vmtest.drivers.linux import LinuxDriverLifecycle
+from vmtest.guest.ssh import SshTransport
+from vmtest.guest.transport import Transport
+from vmtest.machine.ports import LOOPBACK
+from vmtest.machine.profiles.base import Profile
+from vmtest.machine.profiles.linux import LinuxProfile
+
+__all__ = ["Guest", "GuestAccess", "access_for", "guest_for"]
+
+GUEST_ACCESS_FILE = "guest.json"
+KNOWN_HOSTS_FILE = "known_hosts"
+
+
+@dataclass
+class Guest:
+    """The booted guest as the pipeline sees it: a way in, and a way to load drivers."""
+
+    transport: Transport
+    drivers: DriverLifecycle
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self.transport.close()
+
+
+def guest_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int], run_id: str) -> Guest:
+    """The transport and driver lifecycle for ``config``'s guest kind (not yet connected)."""
+    image = profile.image if isinstance(profile, LinuxProfile) else None
+    transport = SshTransport.for_guest(config.guest.ssh, forwards["ssh"], image)
+    return Guest(transport, LinuxDriverLifecycle(transport, run_id))
+
+
+@dataclass(frozen=True)
+class GuestAccess:
+    """How a person (or ``vmtest exec --vm``) reaches a running guest; holds no secret."""
+
+    host: str
+    port: int
+    user: str
+    key: str | None
+    host_key: str | None
+    shell: str = "posix"
+
+    def write(self, run_dir: Path) -> None:
+        """Write ``guest.json`` and an OpenSSH ``known_hosts`` for the pinned key into ``run_dir``."""
+        (run_dir / GUEST_ACCESS_FILE).write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        if self.host_key:
+            (run_dir / KNOWN_HOSTS_FILE).write_text(f"[{self.host}]:{self.port} {self.host_key}\n")
+
+    @classmethod
+    def read(cls, run_dir: Path) -> GuestAccess:
+        """Read what :meth:`write` wrote."""
+        data: dict[str, Any] = json.loads((run_dir / GUEST_ACCESS_FILE).read_text())
+        return cls(**data)
+
+    def transport(self) -> SshTransport:
+        """An SSH transport to this guest."""
+        return SshTransport(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            key=Path(self.key) if self.key else None,
+            password=None,
+            host_key=self.host_key,
+            accept_any_host_key=self.host_key is None,
+            shell="cmd" if self.shell == "cmd" else "posix",
+        )
+
+    def ssh_command(self, run_dir: Path) -> str:
+        """An ``ssh`` command line a person can paste."""
+        parts = ["ssh", "-p", str(self.port)]
+        if self.key:
+            parts += ["-i", self.key]
+        if self.host_key:
+            parts += ["-o", f"UserKnownHostsFile={run_dir / KNOWN_HOSTS_FILE}"]
+        return " ".join([*parts, f"{self.user}@{self.host}"])
+
+
+def access_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int]) -> GuestAccess:
+    """The access details of the guest ``config`` describes, booted with ``forwards``."""
+    ssh = config.guest.ssh
+    image = profile.image if isinstance(profile, LinuxProfile) else None
+    key = ssh.key or (image.client_key if image else None)
+    host_key = ssh.host_key
+    if host_key is None and image is not None and not ssh.insecure_accept_any_host_key:
+        host_key = image.host_key
+    return GuestAccess(LOOPBACK, forwards["ssh"], ssh.user, str(key) if key else None, host_key)
