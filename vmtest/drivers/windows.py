@@ -1,0 +1,394 @@
+r"""Installing, starting, stopping and removing a Windows kernel driver through a :class:`Transport`.
+
+Two ways to load, chosen per package:
+
+* **Service mode** (the default): the driver is a legacy/WDM service. ``sc create NAME type= kernel
+  start= demand binPath= C:\vmtest\<run>\NAME.sys``, parameters into the service's ``Parameters`` key,
+  ``sc start``, then ``sc query`` until RUNNING or STOPPED.
+* **INF mode**: for a package whose INF installs a root-enumerated device (a ``root\...`` hardware id),
+  or when the constructor says so. ``pnputil /add-driver INF /install`` stages the package; the service is
+  the INF's ``AddService`` name. A root-enumerated driver only loads once its device exists; the
+  documented way to create one is the WDK's ``devgen.exe``: pass ``devgen=`` (its guest path) and vmtest
+  runs ``devgen /add /hardwareid root\...`` after writing the parameters, when the service does not
+  exist yet (so loading again does not add a second device). Without it, the device must already exist
+  in the image. A stopped service is started with ``sc start``. INF mode leaves the driver-store
+  package, the device and its service in the guest (restore the VM snapshot to undo them); ``remove``
+  deletes the run's files only.
+
+Every ``[SC] <API> FAILED <n>:`` becomes ``DriverError(<advice from SC_ERRORS>, code=n, output=<raw>)``.
+Output vmtest cannot make sense of, or a tool that cannot run at all, is the machinery's problem and
+raises a :class:`GuestError` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmtest.drivers import windows_commands as commands
+from vmtest.drivers.lifecycle import DeployedDriver, DriverLifecycle, DriverParameters
+from vmtest.drivers.windows_output import (
+    SC_ERRORS,
+    ScFailure,
+    ServiceState,
+    ServiceStatus,
+    decode_inf,
+    describe_sc_failure,
+    parse_bcdedit_testsigning,
+    parse_certutil_addstore,
+    parse_inf,
+    parse_sc_failure,
+    parse_sc_query,
+)
+from vmtest.errors import DriverError, GuestCommandFailed, GuestError
+from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
+
+__all__ = ["DriverPackage", "WindowsDeployedDriver", "WindowsDriverLifecycle", "find_driver_package"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GUEST_ROOT = r"C:\vmtest"
+_CERT_STORES: tuple[commands.CertStore, ...] = ("Root", "TrustedPublisher")
+_NO_SERVICE = 1060
+_NOT_RUNNING = 1062
+_ALREADY_RUNNING = 1056
+_PNPUTIL_OK = frozenset({0, 3010})  # 3010 = ERROR_SUCCESS_REBOOT_REQUIRED
+
+
+@dataclass(frozen=True)
+class DriverPackage:
+    """The host files of one driver package: exactly one ``.sys``, at most one ``.inf`` and ``.cat``."""
+
+    sys: Path
+    inf: Path | None
+    cat: Path | None
+    certificates: tuple[Path, ...]
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """Every file to copy into the guest."""
+        optional = tuple(path for path in (self.inf, self.cat) if path is not None)
+        return (self.sys, *optional, *self.certificates)
+
+
+def _one(paths: list[Path], kind: str, folder: Path) -> Path | None:
+    if len(paths) > 1:
+        names = ", ".join(sorted(path.name for path in paths))
+        raise DriverError(f"the driver package {folder} holds more than one {kind} file ({names}): keep one")
+    return paths[0] if paths else None
+
+
+def find_driver_package(package: Path) -> DriverPackage:
+    """Find the .sys, .inf, .cat and .cer files of a package folder (cargo make's), or take a lone .sys."""
+    if package.is_file():
+        if package.suffix.lower() != ".sys":
+            raise DriverError(f"{package} is not a .sys file or a driver package folder")
+        return DriverPackage(sys=package, inf=None, cat=None, certificates=())
+    if not package.is_dir():
+        raise DriverError(f"the driver package {package} does not exist")
+    by_suffix: dict[str, list[Path]] = {}
+    for path in sorted(package.iterdir()):
+        if path.is_file():
+            by_suffix.setdefault(path.suffix.lower(), []).append(path)
+    sys_file = _one(by_suffix.get(".sys", []), ".sys", package)
+    if sys_file is None:
+        raise DriverError(f"the driver package {package} holds no .sys file: build the driver first")
+    return DriverPackage(
+        sys=sys_file,
+        inf=_one(by_suffix.get(".inf", []), ".inf", package),
+        cat=_one(by_suffix.get(".cat", []), ".cat", package),
+        certificates=tuple(by_suffix.get(".cer", [])),
+    )
+
+
+@dataclass(frozen=True)
+class WindowsDeployedDriver(DeployedDriver):
+    """A deployed Windows driver; ``inf`` is set when it loads through pnputil (INF mode)."""
+
+    inf: str | None = None
+    """The guest path of the package's INF, in INF mode."""
+    hardware_id: str | None = None
+    """The root-enumerated hardware id that devgen creates a device for, in INF mode."""
+
+
+def _offset_progress(progress: ProgressCallback, base: int, total: int) -> ProgressCallback:
+    def report(done: int, _file_total: int) -> None:
+        progress(base + done, total)
+
+    return report
+
+
+class WindowsDriverLifecycle(DriverLifecycle):
+    r"""Deploys a driver package to ``C:\vmtest\<run id>\`` and drives it with sc.exe (or pnputil)."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        run_id: str,
+        *,
+        inf_mode: bool | None = None,
+        devgen: str | None = None,
+        require_test_signing: bool = True,
+        guest_root: str = DEFAULT_GUEST_ROOT,
+        command_timeout: float = 60.0,
+        copy_timeout: float = 300.0,
+        state_timeout: float = 30.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        """Bind to a transport and a run id.
+
+        ``inf_mode``: True forces INF mode, False forbids it, None chooses it when the package's INF has a
+        root hardware id. ``devgen``: guest path of devgen.exe, used in INF mode to create the device.
+        ``require_test_signing``: refuse to deploy while test signing is off (turn off only for
+        production-signed drivers). ``state_timeout`` bounds each wait for RUNNING or STOPPED.
+        """
+        self._transport = transport
+        self._guest_dir = commands.check_folder_path(f"{guest_root}\\{run_id}")
+        self._inf_mode = inf_mode
+        self._devgen = None if devgen is None else commands.check_guest_path(devgen)
+        self._require_test_signing = require_test_signing
+        self._command_timeout = command_timeout
+        self._copy_timeout = copy_timeout
+        self._state_timeout = state_timeout
+        self._poll_interval = poll_interval
+
+    # ------------------------------------------------------------------------------------------ deploy
+
+    def deploy(self, package: Path, *, progress: ProgressCallback | None = None) -> WindowsDeployedDriver:
+        """Check test signing, copy the package into the guest folder, and trust its certificates."""
+        files = find_driver_package(package)
+        if self._require_test_signing:
+            self._check_test_signing()
+        self._run(commands.make_folder(self._guest_dir)).check(f"creating {self._guest_dir}")
+        self._copy(files.files, progress)
+        for certificate in files.certificates:
+            self._trust(self._guest_path(certificate))
+        driver = self._describe(files)
+        mode = "INF" if driver.inf else "service"
+        log.info("deployed %s to %s (%s mode)", driver.name, driver.guest_dir, mode)
+        return driver
+
+    def _check_test_signing(self) -> None:
+        argv = commands.bcdedit_enum_current()
+        result = self._run(argv).check("bcdedit /enum {current} (it needs administrator rights)")
+        output = result.text()
+        try:
+            enabled = parse_bcdedit_testsigning(output)
+        except ValueError as exc:
+            raise GuestError(f"cannot tell whether test signing is on: {exc}") from None
+        if not enabled:
+            raise DriverError(
+                "test signing is off in the guest (bcdedit /enum {current} shows no 'testsigning Yes'), so "
+                "Windows refuses test-signed drivers (sc start fails with 577). Turn it on in the image: "
+                "bcdedit /set testsigning on with Secure Boot off, then reboot.",
+                output=output,
+            )
+
+    def _copy(self, files: Sequence[Path], progress: ProgressCallback | None) -> None:
+        sizes = [path.stat().st_size for path in files]
+        total = sum(sizes)
+        done = 0
+        for path, size in zip(files, sizes, strict=True):
+            report = None if progress is None else _offset_progress(progress, done, total)
+            self._transport.put(path, self._guest_path(path), timeout=self._copy_timeout, progress=report)
+            done += size
+
+    def _trust(self, certificate: str) -> None:
+        for store in _CERT_STORES:
+            result = self._run(commands.certutil_addstore(store, certificate))
+            output = result.text()
+            try:
+                verdict = parse_certutil_addstore(output)
+            except ValueError as exc:
+                raise GuestError(f"certutil -addstore {store} gave no verdict: {exc}") from None
+            if not verdict.ok:
+                raise DriverError(
+                    f"could not trust the test certificate {certificate} in LocalMachine\\{store}: "
+                    f"{verdict.message}",
+                    code=verdict.hresult,
+                    output=output,
+                )
+            log.info("trusted %s in LocalMachine\\%s", certificate, store)
+
+    def _describe(self, files: DriverPackage) -> WindowsDeployedDriver:
+        guest_binary = self._guest_path(files.sys)
+        info = None if files.inf is None else parse_inf(decode_inf(files.inf.read_bytes()))
+        use_inf = self._inf_mode if self._inf_mode is not None else bool(info and info.root_hardware_ids)
+        if not use_inf:
+            name = commands.check_service_name(files.sys.stem)
+            return WindowsDeployedDriver(name=name, guest_dir=self._guest_dir, guest_binary=guest_binary)
+        if files.inf is None or info is None:
+            raise DriverError(f"INF mode needs an .inf in the driver package next to {files.sys.name}")
+        if not info.service_names:
+            raise DriverError(f"{files.inf.name} has no AddService directive, so no service to start")
+        hardware_ids = info.root_hardware_ids or info.hardware_ids
+        return WindowsDeployedDriver(
+            name=commands.check_service_name(info.service_names[0]),
+            guest_dir=self._guest_dir,
+            guest_binary=guest_binary,
+            inf=self._guest_path(files.inf),
+            hardware_id=hardware_ids[0] if hardware_ids else None,
+        )
+
+    # -------------------------------------------------------------------------------------------- load
+
+    def load(self, driver: DeployedDriver, parameters: DriverParameters) -> None:
+        """Load the driver with ``parameters``; an existing service of the same name is replaced first."""
+        inf = driver.inf if isinstance(driver, WindowsDeployedDriver) else None
+        if inf is None:
+            self._load_service(driver, parameters)
+        else:
+            self._load_inf(driver, inf, parameters)
+        self._wait_after_start(driver.name)
+        log.info("%s is running", driver.name)
+
+    def _load_service(self, driver: DeployedDriver, parameters: DriverParameters) -> None:
+        self._replace_existing(driver.name)
+        self._sc(commands.sc_create(driver.name, driver.guest_binary))
+        self._write_parameters(driver.name, parameters)
+        self._sc(commands.sc_start(driver.name))
+
+    def _load_inf(self, driver: DeployedDriver, inf: str, parameters: DriverParameters) -> None:
+        result = self._run(commands.pnputil_add_driver(inf))
+        if result.exit_code not in _PNPUTIL_OK:
+            raise DriverError(
+                f"pnputil could not add and install {inf} (exit status {result.exit_code}); see its output",
+                code=result.exit_code,
+                output=result.text(),
+            )
+        self._write_parameters(driver.name, parameters)
+        hardware_id = driver.hardware_id if isinstance(driver, WindowsDeployedDriver) else None
+        output, failure = self._sc_output(commands.sc_query(driver.name))
+        if failure is not None and failure.code == _NO_SERVICE and self._devgen and hardware_id:
+            # No service yet means no device yet (the service is created when the device is installed);
+            # creating a device only then keeps a second load from adding a second device.
+            self._run(commands.devgen_add(self._devgen, hardware_id)).check(f"devgen /add {hardware_id}")
+            output, failure = self._sc_output(commands.sc_query(driver.name))
+        if failure is not None and failure.code == _NO_SERVICE:
+            device = hardware_id or "its device"
+            raise DriverError(
+                f"pnputil staged {inf}, but no device uses it, so Windows created no {driver.name} service: "
+                f"a root-enumerated driver loads only once {device} exists; pass devgen= (the WDK's "
+                "devgen.exe in the guest) or create the device in the image",
+                code=failure.code,
+                output=output,
+            )
+        if failure is not None:
+            raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
+        if self._parse_status(driver.name, output).state == ServiceState.STOPPED:
+            self._sc(commands.sc_start(driver.name), ignore=(_ALREADY_RUNNING,))
+
+    def _replace_existing(self, name: str) -> None:
+        """Stop and delete a service left by an earlier load, so loading again is idempotent."""
+        stopped = self._sc(commands.sc_stop(name), ignore=(_NO_SERVICE, _NOT_RUNNING))
+        if stopped is not None and stopped.code == _NO_SERVICE:
+            return
+        if stopped is None:
+            self._wait_for(name, {ServiceState.STOPPED}, "its unload routine has not returned")
+        self._sc(commands.sc_delete(name), ignore=(_NO_SERVICE,))
+        log.info("replaced the existing %s service", name)
+
+    def _write_parameters(self, name: str, parameters: DriverParameters) -> None:
+        for key, value in parameters.items():
+            self._run(commands.reg_add_parameter(name, key, value)).check(f"writing driver parameter {key}")
+
+    def _wait_after_start(self, name: str) -> None:
+        states = {ServiceState.RUNNING, ServiceState.STOPPED}
+        status, output = self._wait_for(name, states, "DriverEntry has not returned")
+        if status.state == ServiceState.STOPPED:
+            code = status.win32_exit_code
+            known = SC_ERRORS.get(code)
+            meaning = f" {known.name}" if known else ""
+            raise DriverError(
+                f"{name} stopped right after it started: its DriverEntry failed "
+                f"(WIN32_EXIT_CODE {code}{meaning}, SERVICE_EXIT_CODE {status.service_exit_code})",
+                code=code,
+                output=output,
+            )
+
+    def is_loaded(self, driver: DeployedDriver) -> bool:
+        """True if ``sc query`` shows the driver's service RUNNING; False if stopped or not installed."""
+        output, failure = self._sc_output(commands.sc_query(driver.name))
+        if failure is not None:
+            if failure.code == _NO_SERVICE:
+                return False
+            raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
+        return self._parse_status(driver.name, output).state == ServiceState.RUNNING
+
+    # ------------------------------------------------------------------------------------------ unload
+
+    def unload(self, driver: DeployedDriver) -> None:
+        """Stop the driver and wait until it is STOPPED; a driver that is not running counts as unloaded."""
+        failure = self._sc(commands.sc_stop(driver.name), ignore=(_NOT_RUNNING,))
+        if failure is not None:
+            log.info("%s was not running", driver.name)
+            return
+        self._wait_for(driver.name, {ServiceState.STOPPED}, "its unload routine has not returned")
+        log.info("%s is stopped", driver.name)
+
+    def remove(self, driver: DeployedDriver) -> None:
+        """Delete the service entry (service mode only) and the run's guest folder."""
+        if not (isinstance(driver, WindowsDeployedDriver) and driver.inf):
+            self._sc(commands.sc_delete(driver.name), ignore=(_NO_SERVICE,))
+        self._run(commands.remove_folder(driver.guest_dir)).check(f"removing {driver.guest_dir}")
+        log.info("removed %s and %s", driver.name, driver.guest_dir)
+
+    # ----------------------------------------------------------------------------------------- helpers
+
+    def _guest_path(self, host_file: Path) -> str:
+        return f"{self._guest_dir}\\{host_file.name}"
+
+    def _run(self, argv: Sequence[str]) -> CommandResult:
+        log.debug("guest: %s", " ".join(argv))
+        return self._transport.run(argv, timeout=self._command_timeout)
+
+    def _sc(self, argv: Sequence[str], *, ignore: Iterable[int] = ()) -> ScFailure | None:
+        """Run sc.exe; raise DriverError for a FAILED code not in ``ignore``, return an ignored failure."""
+        output, failure = self._sc_output(argv)
+        if failure is None:
+            return None
+        if failure.code in set(ignore):
+            log.debug("%s: ignoring Win32 error %d", " ".join(argv[:2]), failure.code)
+            return failure
+        raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
+
+    def _sc_output(self, argv: Sequence[str]) -> tuple[str, ScFailure | None]:
+        result = self._run(argv)
+        output = result.text()
+        failure = parse_sc_failure(output)
+        if failure is None and not result.ok:
+            raise GuestCommandFailed(
+                f"{' '.join(argv[:2])} exited with status {result.exit_code} without an [SC] error line:\n"
+                f"{output.strip()[-2000:]}"
+            )
+        return output, failure
+
+    def _query(self, name: str) -> tuple[ServiceStatus, str]:
+        output, failure = self._sc_output(commands.sc_query(name))
+        if failure is not None:
+            raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
+        return self._parse_status(name, output), output
+
+    @staticmethod
+    def _parse_status(name: str, output: str) -> ServiceStatus:
+        try:
+            return parse_sc_query(output)
+        except ValueError as exc:
+            raise GuestError(f"unexpected sc query output for {name}: {exc}") from None
+
+    def _wait_for(self, name: str, states: set[ServiceState], stuck: str) -> tuple[ServiceStatus, str]:
+        """Poll ``sc query`` until the service is in one of ``states``; DriverError at the deadline."""
+        deadline = time.monotonic() + self._state_timeout
+        while True:
+            status, output = self._query(name)
+            if status.state in states:
+                return status, output
+            if time.monotonic() >= deadline:
+                raise DriverError(
+                    f"{name} is still {status.state_name} after {self._state_timeout:g} s: {stuck}",
+                    output=output,
+                )
+            time.sleep(self._poll_interval)
