@@ -1,0 +1,1 @@
+"""Test-driver events: the protocol (drivers/PROTOCOL.md) and reading it from captured kernel output."""
