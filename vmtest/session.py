@@ -15,6 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
+from vmtest.capture.attach import sources_for
+from vmtest.capture.source import Capture, CaptureSource
 from vmtest.config.models import VmtestConfig
 from vmtest.errors import InfraError
 from vmtest.guest.banner import wait_for_ssh_banner
@@ -44,6 +46,8 @@ class VmSession:
         self._log_handler = _attach_run_log(self.run_dir.vmtest_log)
         self.machine: Machine | None = None
         self.guest: Guest | None = None
+        self.capture = Capture(self.run_dir.path / "capture.log")
+        self.sources: list[CaptureSource] = []
         self.phase = "prepare"
         self.shutdown_report: ShutdownReport | None = None
         self.screenshots: list[Path] = []
@@ -84,9 +88,19 @@ class VmSession:
         machine = Machine(profile, config.machine, config.timeouts, self.run_dir, accel=accel)
         self.machine = machine
         with self.step("boot", f"starting QEMU ({profile.describe()} guest)"):
-            await machine.start()
+            await machine.start(prelaunch=self._attach_capture)
         with self.step("ready", "waiting for the guest to be ready"):
             await self._wait_ready(machine)
+
+    async def _attach_capture(self, machine: Machine) -> None:
+        for source in sources_for(machine):
+            await source.start(self.capture)
+            self.sources.append(source)
+
+    async def add_source(self, source: CaptureSource) -> None:
+        """Start another capture source (one that needs the guest up, such as DebugView)."""
+        await source.start(self.capture)
+        self.sources.append(source)
 
     async def _wait_ready(self, machine: Machine) -> None:
         budget = self.config.timeouts.boot
@@ -145,6 +159,11 @@ class VmSession:
                 shot = await self.screenshot(f"failure-{self.phase}")
                 if isinstance(error, InfraError):
                     error.located(phase=self.phase, artifacts=self.run_dir.path, screenshot=shot)
+            for source in reversed(self.sources):
+                try:
+                    await source.stop()
+                except Exception as problem:  # a capture that fails to stop must not hide the run's outcome
+                    log.warning("capture source %s did not stop cleanly: %s", source.name, problem)
             if self.guest is not None:
                 await asyncio.to_thread(self.guest.close)
             if self.machine is not None:
@@ -153,6 +172,7 @@ class VmSession:
         finally:
             if self.machine is not None:
                 self.machine.kill_now()
+            self.capture.close()
             logging.getLogger("vmtest").removeHandler(self._log_handler)
             self._log_handler.close()
 

@@ -98,6 +98,7 @@ def test_guest_panic_is_reported_as_a_crash_with_logs(
     assert error.artifacts is not None
     serial = (error.artifacts / "serial-console.log").read_text(errors="replace")
     assert "Kernel panic" in serial
+    assert "console *** panic: sysrq triggered crash" in (error.artifacts / "capture.log").read_text()
     assert error.screenshot is not None and error.screenshot.read_bytes().startswith(PNG_SIGNATURE)
     assert "GUEST_PANICKED" in str(error) and str(error.artifacts) in str(error)
 

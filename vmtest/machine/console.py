@@ -42,6 +42,11 @@ class SerialConsole:
         """Call ``listener`` with every complete line from now on."""
         self._line_listeners.append(listener)
 
+    def remove_line_listener(self, listener: Callable[[str], None]) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._line_listeners:
+            self._line_listeners.remove(listener)
+
     def marker(self, text: str, *, include_recent: bool = True) -> asyncio.Future[None]:
         """A future that completes when ``text`` goes by (or went by in the last 64 KiB, if asked)."""
         needle = text.encode()

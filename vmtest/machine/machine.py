@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,8 +82,12 @@ class Machine:
 
     # ----------------------------------------------------------------------------------- start
 
-    async def start(self) -> None:
-        """Start QEMU with its CPU stopped, connect QMP and the serial ports, add forwards, then run."""
+    async def start(self, prelaunch: Callable[[Machine], Awaitable[None]] | None = None) -> None:
+        """Start QEMU with its CPU stopped, connect QMP and the serial ports, add forwards, then run.
+
+        ``prelaunch`` runs while the CPU is still stopped: capture sources attach there, so they see
+        the guest's very first output.
+        """
         qemu = find_qemu(self.config.qemu)
         overlays = await self._make_overlays()
         qmp_ours, qmp_theirs = socket.socketpair()
@@ -111,6 +115,8 @@ class Machine:
             await self._raise_start_failure()
             raise
         await self._add_forwards()
+        if prelaunch is not None:
+            await prelaunch(self)
         await self.monitor.execute("cont")
 
     def command_line(
