@@ -70,7 +70,7 @@ def test_network_is_restricted_and_has_no_forward_on_the_command_line(machine: M
     (netdev,) = option_values(args, "-netdev")
     assert netdev == "user,id=net0,restrict=on"
     assert "hostfwd" not in " ".join(args)  # forwards are added over QMP, on 127.0.0.1 only
-    assert option_values(args, "-device")[0] == "e1000,netdev=net0"
+    assert option_values(args, "-device")[0] == "e1000,netdev=net0,autonegotiation=off"
 
 
 def test_serial_console_is_logged_by_qemu_into_the_run_directory(machine: Machine) -> None:

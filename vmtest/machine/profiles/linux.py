@@ -66,7 +66,7 @@ class LinuxProfile(Profile):
             "-initrd", str(self.image.initrd),
             "-append", self.kernel_command_line(),
             "-drive", f"file={overlay},if=virtio,format=qcow2,node-name=disk0,discard=unmap",
-            "-device", "e1000,netdev=net0",
+            "-device", "e1000,netdev=net0,autonegotiation=off",  # link up at once: boots ~1 s faster
             "-device", "pvpanic",
             "-vga", "std",
         ]  # fmt: skip
