@@ -23,6 +23,8 @@ from pydantic import (
 
 __all__ = [
     "Accelerator",
+    "DriverConfig",
+    "SuiteConfig",
     "LinuxGuestConfig",
     "MachineConfig",
     "SshConfig",
@@ -68,6 +70,8 @@ class Timeouts(_Strict):
     qmp_command: float = Field(15.0, gt=0, description="one QMP command")
     shutdown: float = Field(30.0, gt=0, description="the whole shutdown ladder")
     accel_probe: float = Field(8.0, gt=0, description="the KVM probe guest")
+    scenarios: float = Field(300.0, gt=0, description="loading the driver until every scenario has ended")
+    command: float = Field(120.0, gt=0, description="one command or file copy in the guest")
 
 
 class SshConfig(_Strict):
@@ -96,11 +100,34 @@ class LinuxGuestConfig(_Strict):
     ssh: SshConfig = SshConfig()
 
 
+class DriverConfig(_Strict):
+    """The driver under test."""
+
+    package: ConfigPath | None = Field(
+        None,
+        description="a driver package folder (.sys/.inf/.cat/.cer), a .ko, or a Kbuild source folder built "
+        "against the guest's headers; default: the wdk-mutex test driver for the guest kind",
+    )
+    parameters: dict[str, str | int] = Field(
+        default_factory=dict, description="extra driver parameters (registry values / module parameters)"
+    )
+
+
+class SuiteConfig(_Strict):
+    """Which scenarios to run, and how hard."""
+
+    scenarios: tuple[str, ...] = Field((), description="scenario names; empty: every non-negative one")
+    threads: int = Field(3, ge=1, le=64)
+    iterations: int = Field(200, ge=1, le=1_000_000)
+
+
 class VmtestConfig(_Strict):
     """A whole vmtest configuration file."""
 
     guest: LinuxGuestConfig = LinuxGuestConfig()
     machine: MachineConfig = MachineConfig()
+    driver: DriverConfig = DriverConfig()
+    suite: SuiteConfig = SuiteConfig()
     timeouts: Timeouts = Timeouts()
     artifacts: ConfigPath = Field(Path("vmtest-artifacts"), description="one subdirectory per run")
 

@@ -1,0 +1,207 @@
+"""The whole pipeline, top to bottom: boot → connect → deploy → load → capture → unload → verdict → report.
+
+Nothing here asks which kind of guest it has: the session, the guest's transport and driver lifecycle,
+and the capture sources answer for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from vmtest.capture.source import CapturedLine, CaptureEvent
+from vmtest.config.models import VmtestConfig
+from vmtest.drivers.kbuild import build_module
+from vmtest.errors import DeadlineExceeded, DriverError, GuestCrashed, InfraError
+from vmtest.events.protocol import Event, ProtocolError, parse_line
+from vmtest.events.scenarios import DEFAULT_SCENARIOS
+from vmtest.machine.profiles.linux import LinuxProfile
+from vmtest.progress import Progress
+from vmtest.session import VmSession
+
+__all__ = ["EventCollector", "RunOutcome", "RunRequest", "run_pipeline"]
+
+log = logging.getLogger(__name__)
+
+DRIVERS_DIR = Path(__file__).resolve().parent.parent / "drivers"
+LINUX_TEST_MODULE = DRIVERS_DIR / "linux-mutex-tests"
+SETTLE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked ``vmtest run`` for, on top of the configuration."""
+
+    driver: Path | None = None
+    scenarios: tuple[str, ...] = ()
+    keep_vm_for: float | None = None
+
+
+@dataclass
+class RunOutcome:
+    """Everything the verdict and the reports are made from."""
+
+    run_dir: Path
+    requested: tuple[str, ...]
+    events: list[Event] = field(default_factory=list)
+    protocol_problems: list[str] = field(default_factory=list)
+    capture_events: list[CaptureEvent] = field(default_factory=list)
+    crash_data: list[dict[str, object]] = field(default_factory=list)
+    screenshots: list[Path] = field(default_factory=list)
+    capture_tail: list[str] = field(default_factory=list)
+    infra_error: InfraError | None = None
+    driver_error: DriverError | None = None
+    interrupted: bool = False
+    hung: bool = False
+    phase: str = "prepare"
+
+
+class EventCollector:
+    """Turns captured lines into protocol events as they arrive, and knows when the run has ended."""
+
+    def __init__(self, requested: Sequence[str], events_file: Path) -> None:
+        self.requested = set(requested)
+        self.events: list[Event] = []
+        self.problems: list[str] = []
+        self.ended: set[str] = set()
+        self.finished = asyncio.get_running_loop().create_future()
+        self._file: TextIO = open(events_file, "a", encoding="utf-8")  # noqa: SIM115
+        self._lineno = 0
+
+    def take(self, line: CapturedLine) -> None:
+        """Capture listener: parse one line, record any event in ``events.jsonl``."""
+        self._lineno += 1
+        try:
+            event = parse_line(line.text, self._lineno)
+        except ProtocolError as problem:
+            self.problems.append(str(problem))
+            return
+        if event is None:
+            return
+        self.events.append(event)
+        record = {"seq": event.seq, "ev": event.ev, **event.fields, "time": line.time, "source": line.source}
+        if event.msg is not None:
+            record["msg"] = event.msg
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if event.ev == "scenario-end":
+            self.ended.add(event.scenario)
+        if (event.ev == "run-end" or self.requested <= self.ended) and not self.finished.done():
+            self.finished.set_result(None)
+
+    def close(self) -> None:
+        """Close ``events.jsonl``."""
+        self._file.close()
+
+
+def _parameters(config: VmtestConfig, scenarios: Sequence[str]) -> dict[str, str | int]:
+    """Driver parameters: the scenario selection and counts, then the user's own."""
+    suite = config.suite
+    base: dict[str, str | int] = {
+        "scenarios": ",".join(scenarios),
+        "threads": suite.threads,
+        "iterations": suite.iterations,
+    }
+    return {**base, **config.driver.parameters}
+
+
+def _package(config: VmtestConfig, request: RunRequest, session: VmSession) -> Path:
+    """The driver package to deploy; a Kbuild source folder is built against the guest's headers first."""
+    package = request.driver or config.driver.package
+    profile = session.machine.profile if session.machine else None
+    if package is None:
+        if not isinstance(profile, LinuxProfile):
+            raise DriverError(
+                "no driver given: pass --driver PATH or set driver.package in the configuration"
+            )
+        package = LINUX_TEST_MODULE
+    if package.is_dir() and (package / "Kbuild").is_file():
+        if not isinstance(profile, LinuxProfile):
+            raise DriverError(f"{package} is Linux module source, but the guest is not Linux")
+        return build_module(package, profile.image.headers, session.run_dir.path / "build" / package.name)
+    return package
+
+
+async def run_pipeline(config: VmtestConfig, request: RunRequest, progress: Progress) -> RunOutcome:
+    """Run the configured driver's scenarios in a fresh VM; never raises for test or infra failures.
+
+    Infrastructure failures and driver failures are recorded in the outcome, with the phase they
+    happened in, so that the verdict and the reports are always written.
+    """
+    requested = request.scenarios or config.suite.scenarios or DEFAULT_SCENARIOS
+    session = VmSession(config, progress, label="run")
+    outcome = RunOutcome(session.run_dir.path, tuple(requested))
+    collector = EventCollector(requested, session.run_dir.path / "events.jsonl")
+    session.capture.on_line(collector.take)
+    session.capture.on_event(outcome.capture_events.append)
+    try:
+        async with session:
+            await _drive(session, config, request, collector, outcome)
+    except GuestCrashed as crash:
+        outcome.crash_data.append({"event": getattr(crash.crash, "name", ""), **_crash_fields(crash)})
+        outcome.phase = crash.phase or session.phase
+    except DriverError as error:
+        outcome.driver_error = error
+        outcome.phase = session.phase
+    except InfraError as error:
+        outcome.infra_error = error
+        outcome.phase = error.phase or session.phase
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        outcome.interrupted = True
+        outcome.phase = session.phase
+    finally:
+        collector.close()
+        outcome.events = collector.events
+        outcome.protocol_problems = collector.problems
+        outcome.screenshots = list(session.screenshots)
+        outcome.capture_tail = session.capture.tail(40)
+    return outcome
+
+
+async def _drive(
+    session: VmSession,
+    config: VmtestConfig,
+    request: RunRequest,
+    collector: EventCollector,
+    outcome: RunOutcome,
+) -> None:
+    timeouts = config.timeouts
+    guest = await session.connect()
+    with session.step("deploy", "copying the driver into the guest"):
+        package = await asyncio.to_thread(_package, config, request, session)
+        driver = await session.call(
+            guest.drivers.deploy, package, timeout=timeouts.command, what="copying the driver"
+        )
+    parameters = _parameters(config, outcome.requested)
+    try:
+        with session.step("load", f"loading {driver.name} with {len(outcome.requested)} scenario(s)"):
+            await session.call(
+                guest.drivers.load, driver, parameters, timeout=timeouts.scenarios, what="loading the driver"
+            )
+        with session.step("capture", "waiting for every scenario to end"):
+            await session.wait(collector.finished, timeouts.scenarios, "waiting for the scenarios to end")
+    except DeadlineExceeded as hang:
+        # A scenario that never ends is the driver's failure (a hang), judged from what was captured.
+        log.warning("%s", hang)
+        outcome.hung = True
+        await session.screenshot("hang")
+        return
+    await asyncio.sleep(SETTLE_SECONDS)  # let the last lines of the kernel log arrive
+    await session.screenshot("end")
+    with session.step("unload", f"unloading {driver.name}"):
+        await session.call(
+            guest.drivers.unload, driver, timeout=timeouts.command, what="unloading the driver"
+        )
+        await session.call(guest.drivers.remove, driver, timeout=timeouts.command, what="removing the driver")
+    if request.keep_vm_for is not None:
+        await session.keep(request.keep_vm_for)
+
+
+def _crash_fields(crash: GuestCrashed) -> dict[str, object]:
+    data = getattr(crash.crash, "data", None)
+    return {"data": data if isinstance(data, dict) else {}, "message": crash.message}
