@@ -14,6 +14,7 @@ runtime_packages=(
 )
 dev_packages=(
   openssh-server openssh-client          # a real sshd peer for the SSH transport tests
+  shellcheck                             # lints ci/runner/setup.sh and the workflows' scripts
 )
 
 packages=("${runtime_packages[@]}")
