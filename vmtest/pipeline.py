@@ -17,14 +17,25 @@ from typing import TextIO
 from vmtest.capture.source import CapturedLine, CaptureEvent
 from vmtest.config.models import VmtestConfig
 from vmtest.drivers.kbuild import build_module
+from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.errors import DeadlineExceeded, DriverError, GuestCrashed, InfraError
 from vmtest.events.protocol import Event, ProtocolError, parse_line
 from vmtest.events.scenarios import DEFAULT_SCENARIOS
+from vmtest.guest.connect import Guest
 from vmtest.machine.profiles.linux import LinuxProfile
 from vmtest.progress import Progress
 from vmtest.session import VmSession
 
-__all__ = ["EventCollector", "RunOutcome", "RunRequest", "run_pipeline"]
+__all__ = [
+    "EventCollector",
+    "RunOutcome",
+    "RunRequest",
+    "deploy",
+    "package_for",
+    "parameters_for",
+    "run_pipeline",
+    "run_scenarios",
+]
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +110,7 @@ class EventCollector:
         self._file.close()
 
 
-def _parameters(config: VmtestConfig, scenarios: Sequence[str]) -> dict[str, str | int]:
+def parameters_for(config: VmtestConfig, scenarios: Sequence[str]) -> dict[str, str | int]:
     """Driver parameters: the scenario selection and counts, then the user's own."""
     suite = config.suite
     base: dict[str, str | int] = {
@@ -110,7 +121,7 @@ def _parameters(config: VmtestConfig, scenarios: Sequence[str]) -> dict[str, str
     return {**base, **config.driver.parameters}
 
 
-def _package(config: VmtestConfig, request: RunRequest, session: VmSession) -> Path:
+def package_for(config: VmtestConfig, request: RunRequest, session: VmSession) -> Path:
     """The driver package to deploy; a Kbuild source folder is built against the guest's headers first."""
     package = request.driver or config.driver.package
     profile = session.machine.profile if session.machine else None
@@ -170,36 +181,61 @@ async def _drive(
     collector: EventCollector,
     outcome: RunOutcome,
 ) -> None:
-    timeouts = config.timeouts
     guest = await session.connect()
     with session.step("deploy", "copying the driver into the guest"):
-        package = await asyncio.to_thread(_package, config, request, session)
-        driver = await session.call(
-            guest.drivers.deploy, package, timeout=timeouts.command, what="copying the driver"
+        package = await asyncio.to_thread(package_for, config, request, session)
+        driver = await deploy(session, guest, package)
+    outcome.hung = await run_scenarios(
+        session, guest, driver, parameters_for(config, outcome.requested), collector
+    )
+    if outcome.hung:
+        return  # a driver stuck in its load or its scenarios cannot be unloaded
+    with session.step("remove", f"removing {driver.name}"):
+        await session.call(
+            guest.drivers.remove, driver, timeout=config.timeouts.command, what="removing the driver"
         )
-    parameters = _parameters(config, outcome.requested)
+    if request.keep_vm_for is not None:
+        await session.keep(request.keep_vm_for)
+
+
+async def deploy(session: VmSession, guest: Guest, package: Path) -> DeployedDriver:
+    """Copy the driver package into the guest."""
+    timeout = session.config.timeouts.command
+    return await session.call(guest.drivers.deploy, package, timeout=timeout, what="copying the driver")
+
+
+async def run_scenarios(
+    session: VmSession,
+    guest: Guest,
+    driver: DeployedDriver,
+    parameters: dict[str, str | int],
+    collector: EventCollector,
+) -> bool:
+    """Load the driver with ``parameters``, wait until its scenarios end, unload it; True if it hung.
+
+    A scenario that never ends is the driver's failure (a hang), judged later from what was captured;
+    a screenshot is taken and the driver is left loaded, since it cannot be unloaded.
+    """
+    timeouts = session.config.timeouts
+    count = len(collector.requested)
     try:
-        with session.step("load", f"loading {driver.name} with {len(outcome.requested)} scenario(s)"):
+        with session.step("load", f"loading {driver.name} with {count} scenario(s)"):
             await session.call(
-                guest.drivers.load, driver, parameters, timeout=timeouts.scenarios, what="loading the driver"
+                guest.drivers.load, driver, parameters, timeout=timeouts.scenarios, what="loading"
             )
         with session.step("capture", "waiting for every scenario to end"):
             await session.wait(collector.finished, timeouts.scenarios, "waiting for the scenarios to end")
     except DeadlineExceeded as hang:
-        # A scenario that never ends is the driver's failure (a hang), judged from what was captured.
         log.warning("%s", hang)
-        outcome.hung = True
         await session.screenshot("hang")
-        return
+        return True
     await asyncio.sleep(SETTLE_SECONDS)  # let the last lines of the kernel log arrive
     await session.screenshot("end")
     with session.step("unload", f"unloading {driver.name}"):
         await session.call(
             guest.drivers.unload, driver, timeout=timeouts.command, what="unloading the driver"
         )
-        await session.call(guest.drivers.remove, driver, timeout=timeouts.command, what="removing the driver")
-    if request.keep_vm_for is not None:
-        await session.keep(request.keep_vm_for)
+    return False
 
 
 def _crash_fields(crash: GuestCrashed) -> dict[str, object]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -18,13 +18,14 @@ from typing import TypeVar
 from vmtest.capture.attach import sources_for
 from vmtest.capture.source import Capture, CaptureSource
 from vmtest.config.models import VmtestConfig
-from vmtest.errors import InfraError
+from vmtest.errors import DeadlineExceeded, InfraError
 from vmtest.guest.banner import wait_for_ssh_banner
-from vmtest.guest.connect import Guest, access_for, guest_for
+from vmtest.guest.connect import Guest, GuestAccess, access_for, guest_for
 from vmtest.images.linux import default_cache_root
 from vmtest.machine.accel import resolve_accelerator
 from vmtest.machine.machine import Machine, ShutdownReport
 from vmtest.machine.ports import LOOPBACK
+from vmtest.machine.process import find_qemu
 from vmtest.machine.profiles import profile_for
 from vmtest.machine.rundir import RunDirectory
 from vmtest.progress import Progress
@@ -78,7 +79,7 @@ class VmSession:
         with self.step("accel", f"choosing the accelerator ({config.machine.accel})"):
             accel = await resolve_accelerator(
                 config.machine.accel,
-                qemu=config.machine.qemu,
+                qemu=find_qemu(config.machine.qemu),
                 kvm_cpu_model=profile.cpu_model("kvm"),
                 timeout=config.timeouts.accel_probe,
                 probe_kernel=profile.probe_kernel,
@@ -136,6 +137,25 @@ class VmSession:
         """
         machine = self._require_machine()
         return await machine.wait(asyncio.to_thread(function, *args), timeout, what)
+
+    async def wait(self, awaitable: Awaitable[T], timeout: float, what: str) -> T:
+        """Wait for ``awaitable`` with a deadline, ending early if the VM dies or crashes."""
+        return await self._require_machine().wait(awaitable, timeout, what)
+
+    async def keep(self, seconds: float) -> None:
+        """Keep the VM up for a person until Ctrl-C, QEMU's exit, or ``seconds``; print how to reach it."""
+        machine = self._require_machine()
+        if self.guest is None:
+            await self.connect()
+        access = GuestAccess.read(self.run_dir.path)
+        self.progress.note(f"the VM stays up until Ctrl-C (at most {seconds:.0f}s); reach it with:")
+        self.progress.note(f"  {access.ssh_command(self.run_dir.path)}")
+        self.progress.note(f"  vmtest exec --vm {self.run_dir.path} -- uname -a")
+        assert machine.process is not None
+        try:
+            await machine.wait(machine.process.wait(), seconds, "keeping the VM up")
+        except DeadlineExceeded:
+            self.progress.note(f"{seconds:.0f}s are over; shutting the VM down")
 
     def _require_machine(self) -> Machine:
         if self.machine is None:

@@ -68,6 +68,11 @@ class Capture:
         """Call ``listener`` with every line from now on."""
         self._line_listeners.append(listener)
 
+    def remove_line_listener(self, listener: Callable[[CapturedLine], None]) -> None:
+        """Stop calling ``listener``."""
+        if listener in self._line_listeners:
+            self._line_listeners.remove(listener)
+
     def on_event(self, listener: Callable[[CaptureEvent], None]) -> None:
         """Call ``listener`` with every structured event from now on."""
         self._event_listeners.append(listener)

@@ -65,10 +65,13 @@ async def probe_kvm(
     cached = cache.load()
     if cached is not None:
         return cached
-    if kernel is not None:
-        result = await _probe_with_kernel(qemu, cpu_model, kernel, timeout)
-    else:
-        result = await _probe_with_boot_sector(qemu, cpu_model, timeout)
+    try:
+        if kernel is not None:
+            result = await _probe_with_kernel(qemu, cpu_model, kernel, timeout)
+        else:
+            result = await _probe_with_boot_sector(qemu, cpu_model, timeout)
+    except OSError as error:
+        return KvmProbe(False, f"cannot run {qemu}: {error}")  # not cached: installing QEMU fixes it
     cache.store(result)
     return result
 
