@@ -1,0 +1,143 @@
+"""The verdict's settings: negative controls (expected crashes, expected findings) and text verdicts.
+
+``VerdictConfig`` is the ``verdict:`` section of a configuration file; ``AnalyzeConfig`` is what
+``vmtest analyze --config`` reads (only that section; other sections of a full ``vmtest.yaml`` are
+ignored there). Scenarios named in ``expected_crashes`` / ``expected_findings`` replace the defaults
+for that scenario; ``null`` removes a default.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from vmtest.verdict.crashes import WINDOWS_SOURCES, Crash
+from vmtest.verdict.stop_codes import stop_code_by_name
+from vmtest.verdict.text import TextVerdictConfig
+
+__all__ = ["CHECK_NAMES", "AnalyzeConfig", "ExpectedCrash", "VerdictConfig"]
+
+CHECK_NAMES = ("sequence", "exclusion", "results", "lock_order", "contracts")
+"""The checks over the events, by the name their findings carry."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpectedCrash(_Model):
+    """A negative control that must crash the guest: it passes only with one of these crashes."""
+
+    stop_codes: frozenset[int] = Field(
+        frozenset(),
+        description="Windows stop codes accepted: numbers (0xD1) or names (DRIVER_IRQL_NOT_LESS_OR_EQUAL)",
+    )
+    linux_panic: bool = Field(
+        True, description="accept a Linux kernel panic (or a panic QEMU reports without code)"
+    )
+    linux_bugs: tuple[str, ...] = Field(
+        ("scheduling while atomic", "sleeping function called from invalid context"),
+        description="regular expressions: a Linux 'BUG:' report whose message matches one is accepted",
+    )
+
+    @field_validator("stop_codes", mode="before")
+    @classmethod
+    def _codes(cls, value: Any) -> Any:
+        if not isinstance(value, list | tuple | set | frozenset):
+            return value
+        codes = []
+        for item in value:
+            if isinstance(item, str):
+                code = stop_code_by_name(item)
+                if code is None:
+                    try:
+                        code = int(item, 0)
+                    except ValueError:
+                        raise ValueError(
+                            f"unknown stop code {item!r}: give a number (0xD1) or a name"
+                        ) from None
+                item = code
+            codes.append(item)
+        return codes
+
+    @field_validator("linux_bugs")
+    @classmethod
+    def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for pattern in value:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"invalid regular expression {pattern!r}: {error.msg}") from None
+        return value
+
+    def accepts(self, crash: Crash) -> bool:
+        """Whether ``crash`` is one this negative control is meant to cause."""
+        if crash.source in WINDOWS_SOURCES:
+            return crash.code is not None and (crash.code & ~0x10000000) in self.stop_codes
+        if crash.source in ("linux-panic", "qemu-panic"):
+            return self.linux_panic
+        return any(re.search(pattern, crash.message) for pattern in self.linux_bugs)
+
+    def describe(self) -> str:
+        """What is accepted, in words."""
+        parts = []
+        if self.stop_codes:
+            parts.append("a bugcheck " + "/".join(f"{code:#x}" for code in sorted(self.stop_codes)))
+        if self.linux_bugs:
+            parts.append("a Linux BUG (" + " | ".join(self.linux_bugs) + ")")
+        if self.linux_panic:
+            parts.append("a Linux panic")
+        return " or ".join(parts) or "no crash at all"
+
+
+DEFAULT_EXPECTED_CRASHES: dict[str, ExpectedCrash | None] = {
+    # wdk-mutex-api.md, "IRQL facts": a dispatcher wait at DISPATCH_LEVEL is IRQL_NOT_LESS_OR_EQUAL (0xA)
+    # or ATTEMPTED_SWITCH_FROM_DPC (0xB8) "and relatives"; 0xD1 is the driver-attributed form of 0xA.
+    "neg_wait_at_dispatch": ExpectedCrash(stop_codes=frozenset({0xA, 0xD1, 0xB8})),
+}
+DEFAULT_EXPECTED_FINDINGS: dict[str, tuple[str, ...] | None] = {"neg_lock_inversion": ("lock_order",)}
+
+
+class VerdictConfig(_Model):
+    """How runs are judged."""
+
+    expected_crashes: dict[str, ExpectedCrash | None] = Field(
+        default_factory=lambda: dict(DEFAULT_EXPECTED_CRASHES),
+        description="negative controls that must crash the guest, by scenario",
+    )
+    expected_findings: dict[str, tuple[str, ...] | None] = Field(
+        default_factory=lambda: dict(DEFAULT_EXPECTED_FINDINGS),
+        description="negative controls that pass only when these checks find something, by scenario",
+    )
+    text: TextVerdictConfig | None = Field(None, description="read the driver's own pass/fail lines")
+    tail_lines: int = Field(8, ge=1, le=1000, description="lines quoted for a scenario that hung")
+    reorder_window: int = Field(65536, ge=16, description="events held back to put late lines in seq order")
+    findings_per_check: int = Field(20, ge=1, description="findings kept per check and scenario")
+
+    @field_validator("expected_crashes")
+    @classmethod
+    def _crash_defaults(cls, value: dict[str, ExpectedCrash | None]) -> dict[str, ExpectedCrash | None]:
+        merged: dict[str, ExpectedCrash | None] = {**DEFAULT_EXPECTED_CRASHES, **value}
+        return {name: item for name, item in merged.items() if item is not None}
+
+    @field_validator("expected_findings")
+    @classmethod
+    def _finding_defaults(cls, value: dict[str, tuple[str, ...] | None]) -> dict[str, tuple[str, ...] | None]:
+        for name, checks in value.items():
+            unknown = sorted(set(checks or ()) - set(CHECK_NAMES))
+            if unknown:
+                raise ValueError(
+                    f"{name}: unknown check {', '.join(unknown)} (known: {', '.join(CHECK_NAMES)})"
+                )
+        merged: dict[str, tuple[str, ...] | None] = {**DEFAULT_EXPECTED_FINDINGS, **value}
+        return {name: checks for name, checks in merged.items() if checks}
+
+
+class AnalyzeConfig(BaseModel):
+    """What ``vmtest analyze --config FILE`` reads: the ``verdict:`` section (others are ignored)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    verdict: VerdictConfig = Field(default_factory=VerdictConfig)
