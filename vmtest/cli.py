@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from vmtest.config import DEFAULT_CONFIG_NAME, load_config
 from vmtest.config.loader import load_model
 from vmtest.config.models import VmtestConfig
-from vmtest.errors import ConfigError, DeadlineExceeded, VmtestError
+from vmtest.errors import ConfigError, VmtestError
+from vmtest.loop import run_main
 from vmtest.progress import make_progress
 from vmtest.session import VmSession
 
@@ -52,6 +50,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log vmtest's own steps to stderr")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run", help="boot, deploy, load, capture, unload, judge and report: the whole pipeline"
+    )
+    run.add_argument(
+        "config", nargs="?", type=Path, help=f"default: ./{DEFAULT_CONFIG_NAME} or the Linux self-test guest"
+    )
+    run.add_argument(
+        "--driver", type=Path, metavar="PATH", help="driver package folder, .sys, .ko or Kbuild source"
+    )
+    run.add_argument(
+        "--scenario", action="append", default=[], metavar="NAME", help="a scenario (repeatable; a,b works)"
+    )
+    run.add_argument("--artifacts", type=Path, metavar="DIR", help="where the run directory goes")
+    run.add_argument("--junitxml", type=Path, metavar="FILE", help="also write the JUnit XML here")
+    run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    run.add_argument("--keep-vm", action="store_true", help="leave the VM up afterwards (until Ctrl-C)")
+    run.add_argument("--shard", metavar="I/N", help="run the I-th of N stable shares of the scenarios")
+    run.set_defaults(command=_run)
+
+    doctor = commands.add_parser(
+        "doctor", help="check this host can run the configured guest; say how to fix it"
+    )
+    doctor.add_argument("config", nargs="?", type=Path)
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(command=_doctor)
+
+    merge = commands.add_parser("merge-reports", help="merge shards' JUnit and verdicts into one report")
+    merge.add_argument("output", type=Path)
+    merge.add_argument("shards", nargs="+", type=Path)
+    merge.set_defaults(command=_merge_reports)
 
     validate = commands.add_parser("validate", help="check a configuration file and exit 0 (valid) or 2")
     validate.add_argument("config", nargs="?", type=Path, default=Path(DEFAULT_CONFIG_NAME))
@@ -93,6 +122,17 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("kind", choices=["linux"], help="linux: the self-test guest, from Debian packages")
     build.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
     build.set_defaults(command=_image_build)
+
+    analyze = commands.add_parser(
+        "analyze", help="judge a saved capture offline: exit 0 all passed, 1 a failure, 2 bad input"
+    )
+    analyze.add_argument("log", type=Path, help="a capture: vmtest's, DebugView, KD, a console log")
+    analyze.add_argument("--config", type=Path, help="a YAML file with a verdict: section")
+    analyze.add_argument(
+        "--scenario", action="append", default=[], metavar="NAME", help="expected scenario (repeatable)"
+    )
+    analyze.add_argument("--json", action="store_true", help="print the verdict as JSON")
+    analyze.set_defaults(command=_analyze)
     return parser
 
 
@@ -106,6 +146,33 @@ def _configure_logging(verbose: bool) -> None:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
 
+def _run(args: argparse.Namespace) -> int:
+    from vmtest.cli_run import run_command
+
+    return run_command(
+        args.config,
+        driver=args.driver,
+        scenarios=args.scenario,
+        artifacts=args.artifacts,
+        junitxml=args.junitxml,
+        json_output=args.json,
+        keep_vm=args.keep_vm,
+        shard_spec=args.shard,
+    )
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from vmtest.doctor import doctor_command
+
+    return doctor_command(args.config, json_output=args.json)
+
+
+def _merge_reports(args: argparse.Namespace) -> int:
+    from vmtest.report.merge import merge_command
+
+    return merge_command(args.output, args.shards)
+
+
 def _validate(args: argparse.Namespace) -> int:
     load_model(VmtestConfig, args.config)
     print(f"{args.config}: valid")
@@ -114,7 +181,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _boot(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    return _run_async(_boot_async(config, args.keep_for if args.keep else None))
+    return run_main(_boot_async(config, args.keep_for if args.keep else None))
 
 
 def _exec(args: argparse.Namespace) -> int:
@@ -133,6 +200,15 @@ def _copy(args: argparse.Namespace) -> int:
     return copy(config, args.vm, operands[-2], operands[-1], args.timeout)
 
 
+def _analyze(args: argparse.Namespace) -> int:
+    from vmtest.errors import EXIT_TEST_FAILURE
+    from vmtest.verdict.analyze import analyze_file
+
+    verdict = analyze_file(args.log, args.config, args.scenario)
+    print(verdict.to_json() if args.json else verdict.render())
+    return 0 if verdict.passed else EXIT_TEST_FAILURE
+
+
 async def _boot_async(config: VmtestConfig, keep_for: float | None) -> int:
     progress = make_progress()
     started = time.monotonic()
@@ -147,7 +223,7 @@ async def _boot_async(config: VmtestConfig, keep_for: float | None) -> int:
             progress.note(f"guest ready after {ready_after:.1f}s ({ports})")
             progress.note(f"screenshot: {shot}" if shot else "screenshot: not taken (see vmtest.log)")
             if keep_for is not None:
-                await _keep(session, keep_for)
+                await session.keep(keep_for)
         progress.note(f"logs: {session.run_dir.path}")
         report = session.shutdown_report
         if report is not None:
@@ -155,21 +231,6 @@ async def _boot_async(config: VmtestConfig, keep_for: float | None) -> int:
     finally:
         progress.close()
     return 0
-
-
-async def _keep(session: VmSession, keep_for: float) -> None:
-    from vmtest.guest.connect import GuestAccess
-
-    await session.connect()
-    access = GuestAccess.read(session.run_dir.path)
-    session.progress.note(f"the VM stays up until Ctrl-C (at most {keep_for:.0f}s); reach it with:")
-    session.progress.note(f"  {access.ssh_command(session.run_dir.path)}")
-    session.progress.note(f"  vmtest exec --vm {session.run_dir.path} -- uname -a")
-    assert session.machine is not None and session.machine.process is not None
-    try:
-        await session.machine.wait(session.machine.process.wait(), keep_for, "keeping the VM up")
-    except DeadlineExceeded:
-        session.progress.note(f"--keep-for {keep_for:.0f}s is over; shutting the VM down")
 
 
 def _image_build(args: argparse.Namespace) -> int:
@@ -183,24 +244,6 @@ def _image_build(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     return 0
-
-
-def _run_async(coroutine: Coroutine[Any, Any, int]) -> int:
-    """Run ``coroutine`` in a fresh event loop in this thread; SIGTERM is handled like Ctrl-C."""
-
-    async def guarded() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, task.cancel)
-        try:
-            return await coroutine
-        except asyncio.CancelledError:
-            raise KeyboardInterrupt from None
-        finally:
-            loop.remove_signal_handler(signal.SIGTERM)
-
-    return asyncio.run(guarded())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,13 +21,15 @@ from pydantic import (
     model_validator,
 )
 
+from vmtest.verdict.config import VerdictConfig
+
 __all__ = [
     "Accelerator",
     "DriverConfig",
-    "SuiteConfig",
     "LinuxGuestConfig",
     "MachineConfig",
     "SshConfig",
+    "SuiteConfig",
     "Timeouts",
     "VmtestConfig",
 ]
@@ -128,6 +130,7 @@ class VmtestConfig(_Strict):
     machine: MachineConfig = MachineConfig()
     driver: DriverConfig = DriverConfig()
     suite: SuiteConfig = SuiteConfig()
+    verdict: VerdictConfig = VerdictConfig()
     timeouts: Timeouts = Timeouts()
     artifacts: ConfigPath = Field(Path("vmtest-artifacts"), description="one subdirectory per run")
 

@@ -24,6 +24,7 @@ class RunDirectory:
         """Make a new, uniquely named run directory under ``parent`` (created 0700 if needed)."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = f"{label}-{stamp}-{secrets.token_hex(3)}"
+        parent = parent.resolve()  # tools run elsewhere (make -C, QEMU) must find it too
         try:
             parent.mkdir(parents=True, exist_ok=True)
             path = parent / name

@@ -15,7 +15,7 @@ __all__ = ["LinuxProfile"]
 # Everything the kernel prints reaches the serial port (loglevel=8); /dev/console is the serial port
 # (the last console= wins) while the screen shows the same log for screenshots; a panic reboots at
 # once, which QEMU's -no-reboot turns into an exit, after pvpanic has reported it as GUEST_PANICKED.
-# A big log buffer keeps a whole run in `dmesg` (a full wdk-mutex run prints ~20k lines; the default is 128 KiB).
+# A big log buffer keeps a whole run in dmesg (a full wdk-mutex run prints ~20k lines; default: 128 KiB).
 KERNEL_ARGS = (
     "console=tty0", "console=ttyS0,115200", "loglevel=8", "log_buf_len=8M", "panic=-1", "oops=panic",
 )  # fmt: skip

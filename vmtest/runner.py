@@ -1,0 +1,133 @@
+"""Scenarios on a VM that stays up: boot once, deploy the driver once, then load/judge/unload per batch.
+
+The synchronous face of the pipeline, for the pytest plugin: one :class:`ScenarioRunner` per session
+(per xdist worker). Each :meth:`ScenarioRunner.run` captures only its own batch's lines and judges
+them, so a failure in one test never leaks into the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vmtest.capture.source import CapturedLine
+from vmtest.config.models import VmtestConfig
+from vmtest.drivers.lifecycle import DeployedDriver
+from vmtest.errors import GuestCrashed
+from vmtest.events.protocol import Event
+from vmtest.facade import BackgroundSession
+from vmtest.guest.connect import Guest
+from vmtest.pipeline import EventCollector, RunRequest, package_for, parameters_for, run_scenarios
+from vmtest.progress import PlainProgress
+from vmtest.verdict.analyze import judge_lines
+from vmtest.verdict.crashes import Crash, crash_from_qmp
+from vmtest.verdict.verdict import RunVerdict, ScenarioVerdict
+
+__all__ = ["ScenarioResult", "ScenarioRunner"]
+
+
+@dataclass(frozen=True)
+class ScenarioResult:
+    """What one batch of scenarios produced: its events, its verdict, and where the evidence is."""
+
+    events: tuple[Event, ...]
+    verdict: RunVerdict
+    run_dir: Path
+    capture_lines: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        """Every scenario of the batch passed."""
+        return self.verdict.passed
+
+    def scenario(self, name: str) -> ScenarioVerdict:
+        """One scenario's verdict."""
+        for item in self.verdict.scenarios:
+            if item.name == name:
+                return item
+        raise KeyError(name)
+
+    def report(self) -> str:
+        """The human verdict, with where the logs are."""
+        return f"{self.verdict.render()}\nartifacts: {self.run_dir}"
+
+
+class ScenarioRunner:
+    """A booted, logged-in guest that runs batches of scenarios of one driver."""
+
+    def __init__(self, config: VmtestConfig, *, driver: Path | None = None) -> None:
+        self.config = config
+        self.request = RunRequest(driver=driver)
+        self.background = BackgroundSession(config, PlainProgress())
+        self._guest: Guest | None = None
+        self._driver: DeployedDriver | None = None
+        self._batch = itertools.count(1)
+
+    @property
+    def run_dir(self) -> Path:
+        """The session's run directory."""
+        return self.background.session.run_dir.path
+
+    @property
+    def guest(self) -> Guest:
+        """The logged-in guest."""
+        if self._guest is None:
+            raise RuntimeError("the runner is not started")
+        return self._guest
+
+    def start(self) -> None:
+        """Boot and log in."""
+        self._guest = self.background.start()
+
+    def deploy(self) -> DeployedDriver:
+        """Copy the driver into the guest (once)."""
+        if self._driver is None:
+            session = self.background.session
+            package = package_for(self.config, self.request, session)
+            timeout = self.config.timeouts.command
+            self._driver = self.background.call(
+                self.guest.drivers.deploy, package, timeout=timeout, what="deploy"
+            )
+        return self._driver
+
+    def run(self, scenarios: Sequence[str], params: Mapping[str, str | int] | None = None) -> ScenarioResult:
+        """Load the driver for ``scenarios``, wait for them to end, unload it, and judge the batch."""
+        driver = self.deploy()
+        session = self.background.session
+        number = next(self._batch)
+        lines: list[str] = []
+        qmp_crashes: list[Crash] = []
+
+        def keep(line: CapturedLine) -> None:
+            lines.append(line.text)
+
+        async def batch() -> list[Event]:
+            collector = EventCollector(scenarios, self.run_dir / f"events-{number}.jsonl")
+            session.capture.on_line(collector.take)
+            session.capture.on_line(keep)
+            parameters = {**parameters_for(self.config, scenarios), **(params or {})}
+            try:
+                await run_scenarios(session, self.guest, driver, parameters, collector)
+            except GuestCrashed as crash:
+                data = getattr(crash.crash, "data", {})
+                shot = str(crash.screenshot or "")
+                qmp_crashes.append(crash_from_qmp(data if isinstance(data, dict) else {}, screenshot=shot))
+            finally:
+                session.capture.remove_line_listener(collector.take)
+                session.capture.remove_line_listener(keep)
+                collector.close()
+            return collector.events
+
+        events = self.background.run(batch(), self.config.timeouts.scenarios * 2 + 120)
+        verdict = judge_lines(lines, self.config.verdict, scenarios, qmp_crashes)
+        return ScenarioResult(tuple(events), verdict, self.run_dir, tuple(lines))
+
+    def capture_tail(self, count: int) -> list[str]:
+        """The last lines the guest printed."""
+        return self.background.session.capture.tail(count)
+
+    def close(self) -> None:
+        """Shut the VM down."""
+        self.background.close()
