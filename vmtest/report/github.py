@@ -26,7 +26,8 @@ def _escape_property(text: str) -> str:
 
 def annotation(title: str, message: str) -> str:
     """An ``::error`` workflow command, escaped as GitHub requires."""
-    return f"::error title={_escape_property(title)}::{_escape_data(printable(message))}"
+    text = "\n".join(printable(line) for line in message.split("\n"))
+    return f"::error title={_escape_property(printable(title))}::{_escape_data(text)}"
 
 
 def _cell(text: str) -> str:
