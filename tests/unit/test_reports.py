@@ -121,7 +121,8 @@ def test_merge_reports_fails_when_a_shard_is_missing(tmp_path: Path) -> None:
     run = first / "artifacts" / "run-1"
     run.mkdir(parents=True)
     write_junit(report(tmp_path), first / "junit.xml")
-    (run / "verdicts.json").write_text(json.dumps({"status": "passed", "scenarios": [{"name": "a", "status": "passed"}]}))
+    verdicts = {"status": "passed", "scenarios": [{"name": "a", "status": "passed"}]}
+    (run / "verdicts.json").write_text(json.dumps(verdicts))
     merged = merge_shards(tmp_path / "out", [first])
     assert merged["passed"] is True
     assert ET.parse(tmp_path / "out" / "junit.xml").getroot().tag == "testsuites"
