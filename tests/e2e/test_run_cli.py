@@ -45,13 +45,14 @@ def test_a_passing_run_writes_every_artifact(tmp_path: Path) -> None:
     summary = tmp_path / "summary.md"
     env = {**os.environ, "GITHUB_STEP_SUMMARY": str(summary)}
     junit = str(tmp_path / "junit.xml")
-    result = vmtest_run(tmp_path, "--scenario", "kmutex_contention,irql_errors", "--junitxml", junit, "--json", env=env)
+    scenarios = "kmutex_contention,irql_errors"
+    result = vmtest_run(tmp_path, "--scenario", scenarios, "--junitxml", junit, "--json", env=env)
     assert result.returncode == 0, result.stderr
     summary_json = json.loads(result.stdout)
     assert summary_json["status"] == "passed" and summary_json["counts"] == {"passed": 2}
     run = run_dir(tmp_path)
-    expected = ["qemu.log", "serial-console.log", "capture.log", "events.jsonl", "verdicts.json", "config.json"]
-    expected += ["junit.xml", "report.html", "qmp-events.jsonl", "vmtest.log", "qemu-command.txt"]
+    expected = ["qemu.log", "serial-console.log", "capture.log", "events.jsonl", "verdicts.json"]
+    expected += ["config.json", "junit.xml", "report.html", "qmp-events.jsonl", "vmtest.log", "qemu-command.txt"]
     for name in expected:
         assert (run / name).is_file(), name
     assert list((run / "screenshots").glob("*-end.png"))

@@ -32,7 +32,11 @@ def report(tmp_path: Path) -> RunReport:
             ScenarioReport(
                 "irql_errors",
                 "failed",
-                (FindingReport("contracts", f"lock at irql=2 returned Ok {HOSTILE}", (f"line 7: {HOSTILE}",)),),
+                (
+                    FindingReport(
+                        "contracts", f"lock at irql=2 returned Ok {HOSTILE}", (f"line 7: {HOSTILE}",)
+                    ),
+                ),
             ),
             ScenarioReport("to_owned", "skipped"),
             ScenarioReport("grt_errors", "hang", (FindingReport("completeness", "hang"),)),
@@ -77,7 +81,9 @@ def test_annotation_escapes_newlines_and_property_separators() -> None:
 
 
 def test_markdown_table_cells_cannot_break_the_table(tmp_path: Path) -> None:
-    rows = [line for line in summary_markdown(report(tmp_path)).splitlines() if line.startswith("| `irql_errors`")]
+    rows = [
+        line for line in summary_markdown(report(tmp_path)).splitlines() if line.startswith("| `irql_errors`")
+    ]
     assert rows and rows[0].count(" | ") == 2
 
 
