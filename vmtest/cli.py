@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vmtest: {error}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
-        print("vmtest: interrupted; the VM was shut down", file=sys.stderr)
+        print("vmtest: interrupted (a VM it had started was shut down)", file=sys.stderr)
         return EXIT_INTERRUPTED
 
 
@@ -76,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("config", nargs="?", type=Path)
     doctor.add_argument("--json", action="store_true")
     doctor.set_defaults(command=_doctor)
+
+    kd = commands.add_parser("kd", help="be the kernel debugger on a VM's serial port: print DbgPrint live")
+    where = kd.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--socket", metavar="PATH", help="a unix socket (QEMU -chardev socket,path=PATH,server=on)"
+    )
+    where.add_argument(
+        "--tcp", metavar="HOST:PORT", help="a TCP serial port (QEMU -serial tcp:HOST:PORT,server=on)"
+    )
+    kd.add_argument("--raw", type=Path, metavar="FILE", help="also keep every byte of the link in FILE")
+    kd.add_argument("--attach", action="store_true", help="break into a target that is already running")
+    kd.add_argument("--hold-on-bugcheck", action="store_true", help="leave the guest stopped at a bugcheck")
+    kd.set_defaults(command=_kd)
 
     merge = commands.add_parser("merge-reports", help="merge shards' JUnit and verdicts into one report")
     merge.add_argument("output", type=Path)
@@ -165,6 +178,24 @@ def _doctor(args: argparse.Namespace) -> int:
     from vmtest.doctor import doctor_command
 
     return doctor_command(args.config, json_output=args.json)
+
+
+def _kd(args: argparse.Namespace) -> int:
+    from vmtest.capture.kd import KdConnectError, run_kd
+
+    address = args.socket or args.tcp
+    raw = open(args.raw, "ab") if args.raw else None  # noqa: SIM115
+    try:
+        return run_main(
+            run_kd(
+                address, out=sys.stdout, raw=raw, attach=args.attach, hold_on_bugcheck=args.hold_on_bugcheck
+            )
+        )
+    except KdConnectError as error:
+        raise ConfigError(str(error)) from None
+    finally:
+        if raw is not None:
+            raw.close()
 
 
 def _merge_reports(args: argparse.Namespace) -> int:
