@@ -21,7 +21,7 @@ EVENTS = [
 ]
 
 
-def test_prints_and_a_bugcheck_over_kd_reach_the_capture_and_fail_the_running_scenario(tmp_path: Path) -> None:
+def test_kd_prints_and_a_bugcheck_reach_the_capture_and_fail_the_running_scenario(tmp_path: Path) -> None:
     ours, theirs = socket.socketpair()
     capture = Capture(tmp_path / "capture.log")
     source = KdSource(ours, tmp_path / "serial-kd.raw")
