@@ -131,5 +131,5 @@ def pytest_runtest_makereport(
         runner = runners[-1]
         report.sections.append(("vmtest capture (last lines)", "\n".join(runner.capture_tail(40))))
         report.sections.append(("vmtest artifacts", str(runner.run_dir)))
-        report.user_properties.append(("vmtest_artifacts", str(runner.run_dir)))
+        item.user_properties.append(("vmtest_artifacts", str(runner.run_dir)))  # JUnit reads the item's
     return report
