@@ -15,6 +15,9 @@ runtime_packages=(
 dev_packages=(
   openssh-server openssh-client          # a real sshd peer for the SSH transport tests
   shellcheck                             # lints ci/runner/setup.sh and the workflows' scripts
+  samba                                  # a real smbd peer for the SMB file-copy tests
+  chromium                               # renders the HTML report in a test
+  xorriso ovmf swtpm                     # the Windows image builder's answer ISO and firmware, tested here
 )
 
 packages=("${runtime_packages[@]}")
