@@ -7,9 +7,10 @@ and the capture sources answer for it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -75,8 +76,14 @@ class RunOutcome:
 class EventCollector:
     """Turns captured lines into protocol events as they arrive, and knows when the run has ended."""
 
-    def __init__(self, requested: Sequence[str], events_file: Path) -> None:
+    def __init__(
+        self,
+        requested: Sequence[str],
+        events_file: Path,
+        on_scenario_end: Callable[[Event], None] | None = None,
+    ) -> None:
         self.requested = set(requested)
+        self.on_scenario_end = on_scenario_end
         self.events: list[Event] = []
         self.problems: list[str] = []
         self.ended: set[str] = set()
@@ -102,6 +109,8 @@ class EventCollector:
         self._file.flush()
         if event.ev == "scenario-end":
             self.ended.add(event.scenario)
+            if self.on_scenario_end is not None:
+                self.on_scenario_end(event)
         if (event.ev == "run-end" or self.requested <= self.ended) and not self.finished.done():
             self.finished.set_result(None)
 
@@ -147,7 +156,11 @@ async def run_pipeline(config: VmtestConfig, request: RunRequest, progress: Prog
     requested = request.scenarios or config.suite.scenarios or DEFAULT_SCENARIOS
     session = VmSession(config, progress, label="run")
     outcome = RunOutcome(session.run_dir.path, tuple(requested))
-    collector = EventCollector(requested, session.run_dir.path / "events.jsonl")
+    collector = EventCollector(
+        requested,
+        session.run_dir.path / "events.jsonl",
+        lambda end: progress.note(f"scenario {end.scenario}: ended ({end.get('outcome', '?')})"),
+    )
     session.capture.on_line(collector.take)
     session.capture.on_event(outcome.capture_events.append)
     try:
@@ -199,9 +212,21 @@ async def _drive(
 
 
 async def deploy(session: VmSession, guest: Guest, package: Path) -> DeployedDriver:
-    """Copy the driver package into the guest."""
+    """Copy the driver package into the guest, reporting the bytes copied."""
     timeout = session.config.timeouts.command
-    return await session.call(guest.drivers.deploy, package, timeout=timeout, what="copying the driver")
+    copied = [0]
+
+    def progress(done: int, total: int) -> None:
+        copied[0] = total
+
+    driver = await session.call(
+        functools.partial(guest.drivers.deploy, package, progress=progress),
+        timeout=timeout,
+        what="copying the driver",
+    )
+    if copied[0]:
+        session.progress.note(f"copied {copied[0]} bytes of {driver.name} into the guest")
+    return driver
 
 
 async def run_scenarios(
@@ -230,6 +255,7 @@ async def run_scenarios(
         await session.screenshot("hang")
         return True
     await asyncio.sleep(SETTLE_SECONDS)  # let the last lines of the kernel log arrive
+    session.progress.note(f"captured {session.capture.lines_seen} lines, {len(collector.events)} events")
     await session.screenshot("end")
     with session.step("unload", f"unloading {driver.name}"):
         await session.call(
