@@ -58,6 +58,11 @@ def _e(text: object) -> str:
     return html.escape(printable(str(text)), quote=True)
 
 
+def _lines(lines: Iterable[str]) -> str:
+    """Several lines of guest text, each escaped, kept on lines of their own."""
+    return "\n".join(_e(line) for line in lines)
+
+
 def critical_sections(events: Iterable[Event]) -> list[Section]:
     """Outermost acquired→release intervals per (mutex, thread), in sequence order."""
     opened: dict[tuple[str, str], int] = {}
@@ -158,7 +163,7 @@ def _calls(events: Sequence[Event]) -> str:
 def _scenario(scenario: ScenarioReport, events: Sequence[Event]) -> str:
     findings = "".join(
         f"<li><b>{_e(f.check)}</b>: {_e(f.message)}"
-        + (f"<pre>{_e(chr(10).join(f.lines))}</pre>" if f.lines else "")
+        + (f"<pre>{_lines(f.lines)}</pre>" if f.lines else "")
         + "</li>"
         for f in scenario.findings
     )
@@ -193,9 +198,9 @@ def render_html(report: RunReport, events: Sequence[Event], edges: Sequence[Lock
     logs = " · ".join(
         f'<a href="{_e(name)}">{_e(name)}</a>' for name in _RAW_LOGS if report.artifact(name).exists()
     )
-    crashes = "".join(f"<pre>{_e(_crash_text(crash))}</pre>" for crash in report.crashes)
+    crashes = "".join(f"<pre>{_lines(_crash_lines(crash))}</pre>" for crash in report.crashes)
     shots = "".join(_screenshot(p) for p in report.screenshots)
-    tail = "\n".join(report.capture_tail)
+    tail = _lines(report.capture_tail)
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
@@ -213,12 +218,12 @@ def render_html(report: RunReport, events: Sequence[Event], edges: Sequence[Lock
         + "<h2>Scenarios</h2>"
         + "".join(_scenario(s, by_scenario.get(s.name, [])) for s in report.scenarios)
         + ("<h2>Screenshots</h2>" + shots if shots else "")
-        + f"<h2>Last lines captured</h2><pre>{_e(tail)}</pre></body></html>"
+        + f"<h2>Last lines captured</h2><pre>{tail}</pre></body></html>"
     )
 
 
-def _crash_text(crash: dict[str, object]) -> str:
-    return "\n".join(f"{key}: {value}" for key, value in crash.items())
+def _crash_lines(crash: dict[str, object]) -> list[str]:
+    return [f"{key}: {value}" for key, value in crash.items()]
 
 
 def write_html(report: RunReport, events: Sequence[Event], edges: Sequence[LockEdge], path: Path) -> Path:
