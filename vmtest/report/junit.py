@@ -14,8 +14,8 @@ _ARTIFACTS = ("capture.log", "serial-console.log", "qemu.log", "events.jsonl", "
 
 
 def _xml_safe(text: str) -> str:
-    """Guest text, escaped for terminals and stripped of what XML 1.0 cannot hold."""
-    return printable(text)
+    """Guest text, escaped for terminals and stripped of what XML 1.0 cannot hold; line breaks kept."""
+    return "\n".join(printable(line) for line in text.split("\n"))
 
 
 def write_junit(report: RunReport, path: Path) -> Path:
