@@ -37,14 +37,27 @@ class BackgroundSession:
         future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
         return future.result(timeout)
 
-    def start(self) -> Guest:
-        """Boot, wait until ready, log in."""
+    def start(self, *, connect: bool = True) -> Guest | None:
+        """Boot, wait until ready, and (unless asked not to) log in."""
         budget = self.session.config.timeouts.boot * 2 + 60
         self.run(self.session.__aenter__(), budget)
         self._entered = True
-        return self.run(self.session.connect(), budget)
+        return self.run(self.session.connect(), budget) if connect else None
 
-    def call(self, function: Callable[..., T], *args: object, timeout: float, what: str) -> T:
+    @property
+    def guest(self) -> Guest:
+        """The logged-in guest."""
+        if self.session.guest is None:
+            raise RuntimeError("not logged in: call start()")
+        return self.session.guest
+
+    def call(
+        self,
+        function: Callable[..., T],
+        *args: object,
+        timeout: float = 120.0,
+        what: str = "a guest operation",
+    ) -> T:
         """Run a blocking guest operation, ending early if the VM dies or crashes."""
         return self.run(self.session.call(function, *args, timeout=timeout, what=what), timeout + 30)
 

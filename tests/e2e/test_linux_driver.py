@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -13,35 +12,14 @@ from vmtest.config.models import LinuxGuestConfig, VmtestConfig
 from vmtest.drivers.kbuild import build_module
 from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.errors import DriverError
-from vmtest.guest.connect import Guest
+from vmtest.facade import BackgroundSession
 from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
-from vmtest.session import VmSession
 
 pytestmark = pytest.mark.e2e
 
 MODULE_SOURCE = Path(__file__).parent / "modules" / "vmtest_lifecycle"
 T = TypeVar("T")
-
-
-class BootedGuest:
-    """One VM for the whole module, driven from the test thread through its own event loop."""
-
-    def __init__(self, config: VmtestConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.session = VmSession(config, PlainProgress())
-        self.guest: Guest = self.loop.run_until_complete(self._start())
-
-    async def _start(self) -> Guest:
-        await self.session.__aenter__()
-        return await self.session.connect()
-
-    def call(self, function: Callable[..., T], *args: object) -> T:
-        return self.loop.run_until_complete(self.session.call(function, *args, timeout=120, what="test step"))
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.session.__aexit__(None, None, None))
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +33,18 @@ def module_ko(image: LinuxImage, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 @pytest.fixture(scope="module")
-def booted(image: LinuxImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BootedGuest]:
+def booted(image: LinuxImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundSession]:
     config = VmtestConfig(artifacts=tmp_path_factory.mktemp("runs"), guest=LinuxGuestConfig(image=image.root))
-    booted = BootedGuest(config)
+    booted = BackgroundSession(config, PlainProgress(), label="e2e")
     try:
+        booted.start()
         yield booted
     finally:
         booted.close()
 
 
 @pytest.fixture
-def deployed(booted: BootedGuest, module_ko: Path) -> Iterator[DeployedDriver]:
+def deployed(booted: BackgroundSession, module_ko: Path) -> Iterator[DeployedDriver]:
     driver = booted.call(booted.guest.drivers.deploy, module_ko)
     yield driver
     drivers = booted.guest.drivers
@@ -74,20 +53,22 @@ def deployed(booted: BootedGuest, module_ko: Path) -> Iterator[DeployedDriver]:
     booted.call(drivers.remove, driver)
 
 
-def kernel_log(booted: BootedGuest) -> str:
+def kernel_log(booted: BackgroundSession) -> str:
     return booted.call(lambda: booted.guest.transport.run(["dmesg"], timeout=30).stdout.decode())
 
 
-def run(booted: BootedGuest, *argv: str) -> int:
+def run(booted: BackgroundSession, *argv: str) -> int:
     return booted.call(lambda: booted.guest.transport.run(argv, timeout=30).exit_code)
 
 
-def test_module_was_built_for_the_guest_kernel(booted: BootedGuest, image: LinuxImage) -> None:
+def test_module_was_built_for_the_guest_kernel(booted: BackgroundSession, image: LinuxImage) -> None:
     result = booted.call(lambda: booted.guest.transport.run(["uname", "-r"], timeout=30))
     assert result.stdout.decode().strip() == image.kernel_release
 
 
-def test_load_with_parameters_then_unload_and_remove(booted: BootedGuest, deployed: DeployedDriver) -> None:
+def test_load_with_parameters_then_unload_and_remove(
+    booted: BackgroundSession, deployed: DeployedDriver
+) -> None:
     drivers = booted.guest.drivers
     booted.call(drivers.load, deployed, {"greeting": "hello from vmtest", "count": 2})
     assert run(booted, "test", "-d", "/sys/module/vmtest_lifecycle") == 0
@@ -101,27 +82,29 @@ def test_load_with_parameters_then_unload_and_remove(booted: BootedGuest, deploy
     assert run(booted, "test", "-e", deployed.guest_binary) != 0
 
 
-def test_loading_twice_reloads(booted: BootedGuest, deployed: DeployedDriver) -> None:
+def test_loading_twice_reloads(booted: BackgroundSession, deployed: DeployedDriver) -> None:
     drivers = booted.guest.drivers
     booted.call(drivers.load, deployed, {"greeting": "first"})
     booted.call(drivers.load, deployed, {"greeting": "second"})
     assert "vmtest_lifecycle: second 1/1" in kernel_log(booted)
 
 
-def test_failing_init_is_a_driver_error_with_the_errno(booted: BootedGuest, deployed: DeployedDriver) -> None:
+def test_failing_init_is_a_driver_error_with_the_errno(
+    booted: BackgroundSession, deployed: DeployedDriver
+) -> None:
     with pytest.raises(DriverError) as caught:
         booted.call(booted.guest.drivers.load, deployed, {"init_result": -19})
     assert "init function returned an error (No such device)" in str(caught.value)
     assert "vmtest_lifecycle: hello 1/1" in caught.value.output
 
 
-def test_unknown_parameter_is_a_driver_error(booted: BootedGuest, deployed: DeployedDriver) -> None:
+def test_unknown_parameter_is_a_driver_error(booted: BackgroundSession, deployed: DeployedDriver) -> None:
     with pytest.raises(DriverError, match="does not know the parameter\\(s\\) no_such_knob"):
         booted.call(booted.guest.drivers.load, deployed, {"no_such_knob": 1})
     assert run(booted, "test", "-d", "/sys/module/vmtest_lifecycle") != 0
 
 
-def test_a_file_that_is_not_a_module_is_refused_plainly(booted: BootedGuest, tmp_path: Path) -> None:
+def test_a_file_that_is_not_a_module_is_refused_plainly(booted: BackgroundSession, tmp_path: Path) -> None:
     fake = tmp_path / "fake.ko"
     fake.write_bytes(b"this is not an ELF file" * 100)
     drivers = booted.guest.drivers
@@ -131,6 +114,6 @@ def test_a_file_that_is_not_a_module_is_refused_plainly(booted: BootedGuest, tmp
     booted.call(drivers.remove, driver)
 
 
-def test_unloading_a_module_that_is_not_loaded(booted: BootedGuest, deployed: DeployedDriver) -> None:
+def test_unloading_a_module_that_is_not_loaded(booted: BackgroundSession, deployed: DeployedDriver) -> None:
     with pytest.raises(DriverError, match="the module is not loaded"):
         booted.call(booted.guest.drivers.unload, deployed)

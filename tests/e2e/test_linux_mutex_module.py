@@ -7,11 +7,10 @@ wdk-mutex contract as the module mirrors it (README.md beside the module).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -22,10 +21,9 @@ from vmtest.drivers.kbuild import build_module
 from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.errors import DriverError, GuestCrashed
 from vmtest.events.protocol import EVENT_KINDS, Event, parse_line
-from vmtest.guest.connect import Guest
+from vmtest.facade import BackgroundSession
 from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
-from vmtest.session import VmSession
 
 pytestmark = pytest.mark.e2e
 
@@ -100,30 +98,20 @@ T = TypeVar("T")
 # --------------------------------------------------------------------------------------------------
 
 
-class BootedGuest:
-    """One VM, driven from the test thread through its own event loop (as in test_linux_driver.py)."""
+class BootedGuest(BackgroundSession):
+    """One VM for the module, with helpers to read its console logs."""
 
     def __init__(self, config: VmtestConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.session = VmSession(config, PlainProgress())
+        super().__init__(config, PlainProgress(), label="mutex-e2e")
         started = time.monotonic()
         try:
-            self.guest: Guest = self.loop.run_until_complete(self._start())
+            self.start()
         except BaseException:
-            self.loop.close()
+            self.close()
             raise
         self.boot_seconds = time.monotonic() - started
 
-    async def _start(self) -> Guest:
-        await self.session.__aenter__()
-        return await self.session.connect()
-
-    def call(self, function: Callable[..., T], *args: object, timeout: float = 120) -> T:
-        return self.loop.run_until_complete(
-            self.session.call(function, *args, timeout=timeout, what="test step")
-        )
-
-    def run(self, *argv: str) -> str:
+    def shell(self, *argv: str) -> str:
         return self.call(lambda: self.guest.transport.run(argv, timeout=60).stdout.decode(errors="replace"))
 
     def serial_log(self) -> str:
@@ -140,13 +128,7 @@ class BootedGuest:
         while time.monotonic() < deadline:
             if needle in self.capture_log() and collapse(needle) in collapse(self.serial_log()):
                 return
-            self.loop.run_until_complete(asyncio.sleep(0.2))
-
-    def close(self) -> None:
-        try:
-            self.loop.run_until_complete(self.session.__aexit__(None, None, None))
-        finally:
-            self.loop.close()
+            time.sleep(0.2)
 
 
 def guest_config(image: LinuxImage, artifacts: Path) -> VmtestConfig:
@@ -409,7 +391,7 @@ def test_normal_scenarios_report_a_consistent_run(booted: BootedGuest, deployed:
     started = time.monotonic()
     booted.call(drivers.load, deployed, parameters)
     load_seconds = time.monotonic() - started
-    kernel_log = booted.run("dmesg")
+    kernel_log = booted.shell("dmesg")
     events = last_run(kernel_log)
     print(f"boot {booted.boot_seconds:.1f}s, load {load_seconds:.1f}s, {len(events)} events")
 
@@ -438,13 +420,13 @@ def test_normal_scenarios_report_a_consistent_run(booted: BootedGuest, deployed:
 
     booted.call(drivers.unload, deployed)
     assert not booted.call(drivers.is_loaded, deployed)
-    assert f"{MODULE_NAME}: unloaded" in booted.run("dmesg")
+    assert f"{MODULE_NAME}: unloaded" in booted.shell("dmesg")
 
 
 def test_lock_inversion_control_shows_both_orders(booted: BootedGuest, deployed: DeployedDriver) -> None:
     drivers = booted.guest.drivers
     booted.call(drivers.load, deployed, {"scenarios": "neg_lock_inversion"})
-    events = last_run(booted.run("dmesg"))
+    events = last_run(booted.shell("dmesg"))
     ordered = by_seq(events)
     assert [event.seq for event in ordered] == list(range(1, len(ordered) + 1))
     assert ordered[-1].ev == "run-end" and ordered[-1].int("scenarios") == 1
@@ -505,6 +487,6 @@ def test_sleeping_at_dispatch_is_caught_in_a_fresh_vm(
         print("neg_wait_at_dispatch:", end.msg)
         # the kernel survived: the module unloads and the guest still runs commands
         guest.call(drivers.unload, driver)
-        assert guest.run("uname", "-r").strip() == image.kernel_release
+        assert guest.shell("uname", "-r").strip() == image.kernel_release
     finally:
         guest.close()

@@ -6,14 +6,12 @@ The VM session lives in an event loop on its own thread for the whole module, wh
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -21,32 +19,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vmtest.config.models import LinuxGuestConfig, VmtestConfig
 from vmtest.errors import AuthenticationFailed, HostKeyMismatch
+from vmtest.facade import BackgroundSession
 from vmtest.guest.ssh import SshTransport
 from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
-from vmtest.session import VmSession
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 PASSWORD = "canary-e2e-Pw9-not-for-printing"
-
-
-class LoopThread:
-    """An event loop running in a thread of its own, kept alive until ``close`` (QEMU is bound to it)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="vm-loop", daemon=True)
-        self.thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join()
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +38,14 @@ def image() -> LinuxImage:
 @pytest.fixture(scope="module")
 def guest(image: LinuxImage, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[VmtestConfig, int]]:
     config = VmtestConfig(artifacts=tmp_path_factory.mktemp("runs"), guest=LinuxGuestConfig(image=image.root))
-    session = VmSession(config, PlainProgress(), label="ssh-e2e")
-    loop = LoopThread()
+    booted = BackgroundSession(config, PlainProgress(), label="ssh-e2e")
     try:
-        loop.run(session.__aenter__())  # shuts the VM down itself if booting fails
-        try:
-            assert session.machine is not None
-            yield config, session.machine.forwards["ssh"]
-        finally:
-            loop.run(session.__aexit__(None, None, None))
+        booted.start(connect=False)  # these tests make their own connections
+        machine = booted.session.machine
+        assert machine is not None
+        yield config, machine.forwards["ssh"]
     finally:
-        loop.close()
+        booted.close()
 
 
 @pytest.fixture
