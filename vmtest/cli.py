@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vmtest.cli_image import add_image_build_options, image_build
 from vmtest.config import DEFAULT_CONFIG_NAME, load_config
 from vmtest.config.loader import load_model
 from vmtest.config.models import VmtestConfig
@@ -68,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
     run.add_argument("--keep-vm", action="store_true", help="leave the VM up afterwards (until Ctrl-C)")
     run.add_argument("--shard", metavar="I/N", help="run the I-th of N stable shares of the scenarios")
+    run.add_argument(
+        "-j", "--jobs", type=int, default=1, metavar="N", help="spread the scenarios over N VMs at once"
+    )
+    start = run.add_mutually_exclusive_group()
+    start.add_argument(
+        "--warm", dest="warm", action="store_true", default=None,
+        help="start from the image's RAM snapshot of the ready guest, made by the first cold boot"
+        " (default: machine.warm)",
+    )  # fmt: skip
+    start.add_argument("--cold", dest="warm", action="store_false", help="boot from scratch, not --warm")
     run.set_defaults(command=_run)
 
     doctor = commands.add_parser(
@@ -132,9 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     image = commands.add_parser("image", help="build guest images")
     image_commands = image.add_subparsers(title="image commands", required=True, metavar="ACTION")
     build = image_commands.add_parser("build", help="build a guest image")
-    build.add_argument("kind", choices=["linux"], help="linux: the self-test guest, from Debian packages")
-    build.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
-    build.set_defaults(command=_image_build)
+    add_image_build_options(build)
+    build.set_defaults(command=image_build)
 
     analyze = commands.add_parser(
         "analyze", help="judge a saved capture offline: exit 0 all passed, 1 a failure, 2 bad input"
@@ -171,6 +181,8 @@ def _run(args: argparse.Namespace) -> int:
         json_output=args.json,
         keep_vm=args.keep_vm,
         shard_spec=args.shard,
+        warm=args.warm,
+        jobs=args.jobs,
     )
 
 
@@ -259,19 +271,6 @@ async def _boot_async(config: VmtestConfig, keep_for: float | None) -> int:
         report = session.shutdown_report
         if report is not None:
             progress.note(f"shut down by {report.step} (QEMU exit status {report.returncode})")
-    finally:
-        progress.close()
-    return 0
-
-
-def _image_build(args: argparse.Namespace) -> int:
-    from vmtest.images.linux import build_linux_image
-
-    progress = make_progress()
-    try:
-        with progress.phase("image", "building the Linux self-test guest from Debian packages"):
-            image = build_linux_image(force=args.force, log=progress.note)
-        progress.note(f"image: {image.root} (kernel {image.kernel_release})")
     finally:
         progress.close()
     return 0

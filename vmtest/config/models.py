@@ -14,9 +14,11 @@ from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
     SecretStr,
+    Tag,
     ValidationInfo,
     model_validator,
 )
@@ -26,6 +28,7 @@ from vmtest.verdict.config import VerdictConfig
 __all__ = [
     "Accelerator",
     "DriverConfig",
+    "GuestConfig",
     "LinuxGuestConfig",
     "MachineConfig",
     "SshConfig",
@@ -63,6 +66,11 @@ class MachineConfig(_Strict):
     cpus: int = Field(2, ge=1, le=64)
     memory_mib: int = Field(1024, ge=128, le=1024 * 1024)
     extra_args: tuple[str, ...] = Field((), description="appended to the QEMU command line as they are")
+    warm: bool = Field(
+        False,
+        description="start from a RAM snapshot of the ready guest, kept per image and configuration in the "
+        "cache (made by the first cold boot); between tests the guest returns to it",
+    )
 
 
 class Timeouts(_Strict):
@@ -102,6 +110,24 @@ class LinuxGuestConfig(_Strict):
     ssh: SshConfig = SshConfig()
 
 
+# The Windows guest's settings live in their own module, which builds on the pieces above.
+from vmtest.config.windows import Windows11GuestConfig  # noqa: E402
+
+
+def _guest_kind(value: Any) -> str:
+    """The ``kind`` of a guest section; a section without one is the Linux self-test guest."""
+    if isinstance(value, dict):
+        return str(value.get("kind", "linux"))
+    return str(getattr(value, "kind", "linux"))
+
+
+GuestConfig = Annotated[
+    Annotated[LinuxGuestConfig, Tag("linux")] | Annotated[Windows11GuestConfig, Tag("windows11")],
+    Discriminator(_guest_kind),
+]
+"""A guest of either kind, chosen by its ``kind`` (default ``linux``)."""
+
+
 class DriverConfig(_Strict):
     """The driver under test."""
 
@@ -126,7 +152,7 @@ class SuiteConfig(_Strict):
 class VmtestConfig(_Strict):
     """A whole vmtest configuration file."""
 
-    guest: LinuxGuestConfig = LinuxGuestConfig()
+    guest: GuestConfig = LinuxGuestConfig()
     machine: MachineConfig = MachineConfig()
     driver: DriverConfig = DriverConfig()
     suite: SuiteConfig = SuiteConfig()

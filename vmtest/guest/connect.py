@@ -12,14 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vmtest.config.models import VmtestConfig
+from vmtest.config.models import LinuxGuestConfig, SshConfig, VmtestConfig
+from vmtest.config.windows import Windows11GuestConfig
 from vmtest.drivers.lifecycle import DriverLifecycle
 from vmtest.drivers.linux import LinuxDriverLifecycle
+from vmtest.drivers.windows import WindowsDriverLifecycle
+from vmtest.guest.smb import SmbPsexecTransport
 from vmtest.guest.ssh import SshTransport
 from vmtest.guest.transport import Transport
 from vmtest.machine.ports import LOOPBACK
 from vmtest.machine.profiles.base import Profile
 from vmtest.machine.profiles.linux import LinuxProfile
+from vmtest.machine.profiles.windows11 import Windows11Profile
 
 __all__ = ["Guest", "GuestAccess", "access_for", "guest_for"]
 
@@ -41,9 +45,24 @@ class Guest:
 
 def guest_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int], run_id: str) -> Guest:
     """The transport and driver lifecycle for ``config``'s guest kind (not yet connected)."""
-    image = profile.image if isinstance(profile, LinuxProfile) else None
-    transport = SshTransport.for_guest(config.guest.ssh, forwards["ssh"], image)
-    return Guest(transport, LinuxDriverLifecycle(transport, run_id))
+    guest = config.guest
+    if isinstance(guest, LinuxGuestConfig):
+        linux = profile.image if isinstance(profile, LinuxProfile) else None
+        transport: Transport = SshTransport.for_guest(guest.ssh, forwards["ssh"], linux)
+        return Guest(transport, LinuxDriverLifecycle(transport, run_id))
+    if guest.transport == "smb":
+        password = guest.password.get_secret_value()
+        transport = SmbPsexecTransport(LOOPBACK, guest.user, password, run_id=run_id, port=forwards["smb"])
+    else:
+        transport = SshTransport.for_guest(_windows_ssh(guest, profile), forwards["ssh"], None, shell="cmd")
+    return Guest(transport, WindowsDriverLifecycle(transport, run_id))
+
+
+def _windows_ssh(guest: Windows11GuestConfig, profile: Profile) -> SshConfig:
+    image = profile.image if isinstance(profile, Windows11Profile) else None
+    return guest.ssh_config(
+        image_host_key=image.host_key if image else None, image_client_key=image.client_key if image else None
+    )
 
 
 @dataclass(frozen=True)
@@ -92,12 +111,18 @@ class GuestAccess:
         return " ".join([*parts, f"{self.user}@{self.host}"])
 
 
-def access_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int]) -> GuestAccess:
-    """The access details of the guest ``config`` describes, booted with ``forwards``."""
-    ssh = config.guest.ssh
-    image = profile.image if isinstance(profile, LinuxProfile) else None
-    key = ssh.key or (image.client_key if image else None)
-    host_key = ssh.host_key
-    if host_key is None and image is not None and not ssh.insecure_accept_any_host_key:
-        host_key = image.host_key
-    return GuestAccess(LOOPBACK, forwards["ssh"], ssh.user, str(key) if key else None, host_key)
+def access_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int]) -> GuestAccess | None:
+    """How to reach the guest ``config`` describes over SSH, booted with ``forwards``; None without SSH."""
+    guest = config.guest
+    if "ssh" not in forwards or (isinstance(guest, Windows11GuestConfig) and guest.transport != "ssh"):
+        return None
+    if isinstance(guest, Windows11GuestConfig):
+        ssh, shell = _windows_ssh(guest, profile), "cmd"
+    else:
+        ssh, shell = guest.ssh, "posix"
+        linux = profile.image if isinstance(profile, LinuxProfile) else None
+        if linux is not None:
+            host_key = None if ssh.insecure_accept_any_host_key else (ssh.host_key or linux.host_key)
+            ssh = ssh.model_copy(update={"key": ssh.key or linux.client_key, "host_key": host_key})
+    key = str(ssh.key) if ssh.key else None
+    return GuestAccess(LOOPBACK, forwards["ssh"], ssh.user, key, ssh.host_key, shell)

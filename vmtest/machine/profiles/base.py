@@ -56,6 +56,15 @@ class Profile(abc.ABC):
         """How long an ACPI power-button press may take to power the guest off."""
         return 10.0
 
+    @property
+    def snapshot_nodes(self) -> tuple[str, ...]:
+        """Node names of every writable disk, for RAM snapshots; empty: the guest cannot be snapshotted.
+
+        The first node receives the RAM state (``vmstate``); every node's disk state is saved and restored
+        with it. Each must be a qcow2 overlay (a raw node cannot hold a snapshot).
+        """
+        return ()
+
     @abc.abstractmethod
     def cpu_model(self, accel: str) -> str:
         """The ``-cpu`` model for ``accel`` (``kvm`` or ``tcg``)."""
@@ -67,3 +76,12 @@ class Profile(abc.ABC):
     def describe(self) -> str:
         """A short human description for logs."""
         return self.name
+
+    def check_accelerator(self, accel: str) -> None:  # noqa: B027  (a hook: most profiles need nothing)
+        """Raise AcceleratorError if the guest cannot run under ``accel``; most guests run under either."""
+
+    async def start_helpers(self, run_dir: Path) -> None:  # noqa: B027
+        """Start what QEMU connects to (a software TPM, for example) before QEMU starts."""
+
+    async def stop_helpers(self) -> None:  # noqa: B027
+        """Stop what :meth:`start_helpers` started; idempotent."""

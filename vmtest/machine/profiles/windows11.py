@@ -145,6 +145,8 @@ class Windows11Profile(Profile):
         ready_marker: str | None = READY_MARKER,
     ) -> None:
         self.hardware = hardware
+        self.image: WindowsImage | None = None
+        """The sealed image booted, when known: its pinned host key and client key."""
         self._forwards = dict({"ssh": SSH_PORT} if forwards is None else forwards)
         self._ready_marker = ready_marker
         self._hyperv: bool | None = None
@@ -190,7 +192,9 @@ class Windows11Profile(Profile):
         forwards = {"ssh": SSH_PORT} if image.openssh else {}
         if guest.transport == "smb":
             forwards["smb"] = SMB_PORT
-        return cls(hardware, forwards=forwards, ready_marker=image.ready_marker)
+        profile = cls(hardware, forwards=forwards, ready_marker=image.ready_marker)
+        profile.image = image
+        return profile
 
     # ------------------------------------------------------------------------------------ the interface
 
