@@ -9,11 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vmtest.capture.source import printable_lines
 from vmtest.cli_image import add_image_build_options, image_build
 from vmtest.config import DEFAULT_CONFIG_NAME, load_config
 from vmtest.config.loader import load_model
 from vmtest.config.models import VmtestConfig
-from vmtest.errors import ConfigError, VmtestError
+from vmtest.errors import EXIT_CONFIG, ConfigError, VmtestError
 from vmtest.loop import run_main
 from vmtest.progress import make_progress
 from vmtest.session import VmSession
@@ -31,14 +32,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         at = words.index("--")
         words, guest_command = words[:at], words[at + 1 :]
     parser = _parser()
-    args = parser.parse_args(words)
+    try:
+        args = parser.parse_args(words)
+    except SystemExit as done:  # usage errors (2) and --help (0): argparse has printed why
+        return done.code if isinstance(done.code, int) else EXIT_CONFIG
     args.guest_command = guest_command
     _configure_logging(args.verbose)
     command: Callable[[argparse.Namespace], int] = args.command
     try:
         return command(args)
     except VmtestError as error:
-        print(f"vmtest: {error}", file=sys.stderr)
+        print(f"vmtest: {printable_lines(str(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("vmtest: interrupted (a VM it had started was shut down)", file=sys.stderr)

@@ -7,17 +7,20 @@ driver could not be loaded), 2 bad configuration or usage, 3 an infrastructure f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from vmtest.capture.source import printable_lines
 from vmtest.config import load_config
 from vmtest.config.models import VmtestConfig
-from vmtest.errors import EXIT_INFRA, EXIT_TEST_FAILURE, ConfigError
+from vmtest.errors import EXIT_INFRA, EXIT_TEST_FAILURE, ConfigError, InfraError
 from vmtest.events.scenarios import DEFAULT_SCENARIOS
 from vmtest.loop import run_main
+from vmtest.parallel import merge_outcomes, merge_verdicts, run_parallel
 from vmtest.pipeline import RunOutcome, RunRequest, run_pipeline
 from vmtest.progress import make_progress
 from vmtest.report.github import write_github
@@ -58,11 +61,17 @@ def run_command(
     json_output: bool,
     keep_vm: bool,
     shard_spec: str | None,
+    warm: bool | None = None,
+    jobs: int = 1,
 ) -> int:
-    """Run the pipeline, judge it, write the reports, and return the exit code."""
+    """Run the pipeline (on ``jobs`` VMs at once), judge it, write the reports, and return the exit code."""
     config = load_config(config_path)
     if artifacts is not None:
         config = config.model_copy(update={"artifacts": artifacts})
+    if warm is not None:
+        config = config.model_copy(update={"machine": config.machine.model_copy(update={"warm": warm})})
+    if jobs < 1 or (jobs > 1 and keep_vm):
+        raise ConfigError(f"-j {jobs}: give at least 1 VM, and only 1 with --keep-vm")
     wanted = tuple(name for item in scenarios for name in item.split(",") if name) or config.suite.scenarios
     selected = shard(wanted or DEFAULT_SCENARIOS, shard_spec)
     if not selected:
@@ -72,10 +81,15 @@ def run_command(
     progress = make_progress()
     started = time.monotonic()
     try:
-        outcome = run_main(run_pipeline(config, request, progress))
+        if jobs > 1:
+            run = run_main(run_parallel(config, request, progress, jobs))
+            outcome = merge_outcomes(run)
+            verdict = merge_verdicts([_judge(config, item) for item in run.outcomes])
+        else:
+            outcome = run_main(run_pipeline(config, request, progress))
+            verdict = _judge(config, outcome)
     finally:
         progress.close()
-    verdict = _judge(config, outcome)
     report = _report(config, outcome, verdict, time.monotonic() - started)
     _write_reports(config, outcome, verdict, report, junitxml)
     code = _exit_code(outcome, verdict)
@@ -93,7 +107,7 @@ def run_command(
         else:
             print(f"vmtest: no scenario ran ({len(report.scenarios)} requested)", file=sys.stderr)
         if report.message:
-            print(f"vmtest: {report.message}", file=sys.stderr)
+            print(f"vmtest: {printable_lines(report.message)}", file=sys.stderr)
         print(f"vmtest: report: {outcome.run_dir / 'report.html'}", file=sys.stderr)
     return code
 
@@ -160,6 +174,33 @@ def _report(config: VmtestConfig, outcome: RunOutcome, verdict: RunVerdict, dura
 
 
 def _write_reports(
+    config: VmtestConfig, outcome: RunOutcome, verdict: RunVerdict, report: RunReport, junitxml: Path | None
+) -> None:
+    """Write every report, or none: half a set (a full disk) could claim a success the rest cannot show.
+
+    When one cannot be written, those already written are removed, a short ``verdicts.json`` saying why
+    is left if even that fits, and the run ends as an infrastructure failure.
+    """
+    try:
+        _write_report_files(config, outcome, verdict, report, junitxml)
+    except OSError as error:
+        reports = [outcome.run_dir / name for name in ("verdicts.json", "junit.xml", "report.html")]
+        for path in [*reports, *([junitxml] if junitxml is not None else [])]:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        message = f"cannot write the reports: {error.strerror or error}"
+        if report.message:
+            message += f" (the run had already failed: {report.message.splitlines()[0]})"
+        document = {"status": "infrastructure", "message": message, "phase": "report"}
+        try:
+            reports[0].write_text(json.dumps(document) + "\n", encoding="utf-8")
+        except OSError:
+            with contextlib.suppress(OSError):
+                reports[0].unlink(missing_ok=True)  # rather none than a cut one
+        raise InfraError(message, phase="report", artifacts=outcome.run_dir) from None
+
+
+def _write_report_files(
     config: VmtestConfig, outcome: RunOutcome, verdict: RunVerdict, report: RunReport, junitxml: Path | None
 ) -> None:
     run_dir = outcome.run_dir

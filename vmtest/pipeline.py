@@ -7,6 +7,7 @@ and the capture sources answer for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 DRIVERS_DIR = Path(__file__).resolve().parent.parent / "drivers"
 LINUX_TEST_MODULE = DRIVERS_DIR / "linux-mutex-tests"
 SETTLE_SECONDS = 1.0
+MAX_PROBLEMS = 100  # protocol problems kept (a guest may print endless malformed lines)
+MAX_PROBLEM_TEXT = 500
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,11 @@ class EventCollector:
         self.on_scenario_end = on_scenario_end
         self.events: list[Event] = []
         self.problems: list[str] = []
+        self.problem_count = 0
         self.ended: set[str] = set()
         self.finished = asyncio.get_running_loop().create_future()
-        self._file: TextIO = open(events_file, "a", encoding="utf-8")  # noqa: SIM115
+        self._file: TextIO | None = open(events_file, "a", encoding="utf-8")  # noqa: SIM115
+        self.write_error: OSError | None = None
         self._lineno = 0
 
     def take(self, line: CapturedLine) -> None:
@@ -97,7 +102,9 @@ class EventCollector:
         try:
             event = parse_line(line.text, self._lineno)
         except ProtocolError as problem:
-            self.problems.append(str(problem))
+            self.problem_count += 1
+            if len(self.problems) < MAX_PROBLEMS:
+                self.problems.append(str(problem)[:MAX_PROBLEM_TEXT])
             return
         if event is None:
             return
@@ -105,8 +112,7 @@ class EventCollector:
         record = {"seq": event.seq, "ev": event.ev, **event.fields, "time": line.time, "source": line.source}
         if event.msg is not None:
             record["msg"] = event.msg
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()
+        self._write(json.dumps(record) + "\n")
         if event.ev == "scenario-end":
             self.ended.add(event.scenario)
             if self.on_scenario_end is not None:
@@ -114,9 +120,23 @@ class EventCollector:
         if (event.ev == "run-end" or self.requested <= self.ended) and not self.finished.done():
             self.finished.set_result(None)
 
+    def _write(self, text: str) -> None:
+        """Append to ``events.jsonl``; on a write error (a full disk) stop writing, but keep collecting."""
+        if self._file is None:
+            return
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as error:
+            self.write_error = error
+            self.close()
+
     def close(self) -> None:
         """Close ``events.jsonl``."""
-        self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
 
 def parameters_for(config: VmtestConfig, scenarios: Sequence[str]) -> dict[str, str | int]:
@@ -166,6 +186,7 @@ async def run_pipeline(config: VmtestConfig, request: RunRequest, progress: Prog
     try:
         async with session:
             await _drive(session, config, request, collector, outcome)
+        outcome.phase = session.phase
     except GuestCrashed as crash:
         outcome.crash_data.append({"event": getattr(crash.crash, "name", ""), **_crash_fields(crash)})
         outcome.phase = crash.phase or session.phase
@@ -184,6 +205,15 @@ async def run_pipeline(config: VmtestConfig, request: RunRequest, progress: Prog
         outcome.protocol_problems = collector.problems
         outcome.screenshots = list(session.screenshots)
         outcome.capture_tail = session.capture.tail(40)
+        unwritten = session.capture.write_error or collector.write_error
+        if unwritten is not None and outcome.infra_error is None:
+            # A verdict from a log cut short could claim a success that was never seen.
+            outcome.infra_error = InfraError(
+                f"the run directory could not be written ({unwritten.strerror or unwritten}), so its logs"
+                " are incomplete and the run cannot be judged; free some space and run again",
+                phase="capture",
+                artifacts=session.run_dir.path,
+            )
     return outcome
 
 

@@ -1,7 +1,8 @@
 """vmtest as a pytest plugin: one VM per session (per xdist worker), the driver deployed once.
 
 Fixtures: ``vmtest_config``, ``vmtest_vm`` (a booted, logged-in :class:`ScenarioRunner`), ``vmtest_guest``,
-``vmtest_driver`` and ``run_scenario(name, **params)``. Marker: ``@pytest.mark.vmtest_guest("linux")``
+``vmtest_clean_guest`` (the guest returned to its snapshot first), ``vmtest_driver`` and
+``run_scenario(name, **params)``. Marker: ``@pytest.mark.vmtest_guest("linux")``
 runs a test only when the configured guest is of that kind. A failing test's report carries the tail
 of the kernel capture and the run directory; the artifacts also go into JUnit as properties.
 """
@@ -77,6 +78,13 @@ def vmtest_vm(vmtest_config: VmtestConfig, pytestconfig: pytest.Config) -> Itera
 @pytest.fixture(scope="session")
 def vmtest_guest(vmtest_vm: ScenarioRunner) -> Guest:
     """The guest's transport and driver lifecycle."""
+    return vmtest_vm.guest
+
+
+@pytest.fixture
+def vmtest_clean_guest(vmtest_vm: ScenarioRunner) -> Guest:
+    """The guest, first returned to its snapshot: nothing an earlier test did is left in it."""
+    vmtest_vm.reset()
     return vmtest_vm.guest
 
 

@@ -2,7 +2,8 @@
 
 The synchronous face of the pipeline, for the pytest plugin: one :class:`ScenarioRunner` per session
 (per xdist worker). Each :meth:`ScenarioRunner.run` captures only its own batch's lines and judges
-them, so a failure in one test never leaks into the next.
+them, so a failure in one test never leaks into the next; :meth:`ScenarioRunner.reset` returns the
+whole guest to a RAM snapshot taken once it was up (and again once the driver was copied in).
 """
 
 from __future__ import annotations
@@ -78,11 +79,17 @@ class ScenarioRunner:
         return self._guest
 
     def start(self) -> None:
-        """Boot and log in."""
+        """Boot and log in; then snapshot the guest for :meth:`reset`, unless it started from one."""
         self._guest = self.background.start()
+        if self.background.session.snapshot is None:
+            self._checkpoint()
+
+    def reset(self) -> None:
+        """Return the guest to its snapshot: clean, logged in, and with the driver if it was deployed."""
+        self.background.run(self.background.session.restore(), self.config.timeouts.boot + 60)
 
     def deploy(self) -> DeployedDriver:
-        """Copy the driver into the guest (once)."""
+        """Copy the driver into the guest (once), and snapshot that state for :meth:`reset`."""
         if self._driver is None:
             session = self.background.session
             package = package_for(self.config, self.request, session)
@@ -90,7 +97,13 @@ class ScenarioRunner:
             self._driver = self.background.call(
                 self.guest.drivers.deploy, package, timeout=timeout, what="deploy"
             )
+            self._checkpoint()
         return self._driver
+
+    def _checkpoint(self) -> None:
+        session = self.background.session
+        if session.machine is not None and session.machine.profile.snapshot_nodes:
+            self.background.run(session.checkpoint(), self.config.timeouts.boot + 30)
 
     def run(self, scenarios: Sequence[str], params: Mapping[str, str | int] | None = None) -> ScenarioResult:
         """Load the driver for ``scenarios``, wait for them to end, unload it, and judge the batch."""

@@ -8,7 +8,10 @@ the run directory and a screenshot of the guest's screen.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,18 +19,30 @@ from types import TracebackType
 from typing import TypeVar
 
 from vmtest.capture.attach import sources_for
+from vmtest.capture.debugview import DebugViewSource
 from vmtest.capture.source import Capture, CaptureSource
 from vmtest.config.models import VmtestConfig
+from vmtest.config.windows import Windows11GuestConfig
 from vmtest.errors import DeadlineExceeded, InfraError
 from vmtest.guest.banner import wait_for_ssh_banner
 from vmtest.guest.connect import Guest, GuestAccess, access_for, guest_for
+from vmtest.guest.ssh import SshTransport
 from vmtest.images.linux import default_cache_root
 from vmtest.machine.accel import resolve_accelerator
 from vmtest.machine.machine import Machine, ShutdownReport
 from vmtest.machine.ports import LOOPBACK
 from vmtest.machine.process import find_qemu
-from vmtest.machine.profiles import profile_for
+from vmtest.machine.profiles import Profile, profile_for
 from vmtest.machine.rundir import RunDirectory
+from vmtest.machine.snapshots import (
+    WARM_TAG,
+    SnapshotError,
+    WarmStart,
+    delete_snapshot,
+    load_snapshot,
+    remove_disk_copies,
+    save_snapshot,
+)
 from vmtest.progress import Progress
 
 __all__ = ["VmSession"]
@@ -36,15 +51,26 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+WARM_READY = 30.0  # a restored guest was ready when it was saved: it answers at once or never
+
+# The run whose task is logging: several sessions in one event loop (vmtest run -j) each keep their own
+# records in their vmtest.log. Set in the task that boots the session; records from elsewhere go to all.
+_CURRENT_RUN: contextvars.ContextVar[Path | None] = contextvars.ContextVar("vmtest_run", default=None)
+
 
 class VmSession:
-    """Boots the configured guest, waits until it is ready, and always shuts it down."""
+    """Boots the configured guest, waits until it is ready, and always shuts it down.
+
+    With ``machine.warm`` it starts from the per-image snapshot of the ready guest instead (made by the
+    first cold boot, see :mod:`vmtest.machine.snapshots`), and :meth:`restore` returns to it.
+    """
 
     def __init__(self, config: VmtestConfig, progress: Progress, *, label: str = "run") -> None:
         self.config = config
         self.progress = progress
         self.run_dir = RunDirectory.create(config.artifacts, label)
         self._log_handler = _attach_run_log(self.run_dir.vmtest_log)
+        self._profile: Profile | None = None
         self.machine: Machine | None = None
         self.guest: Guest | None = None
         self.capture = Capture(self.run_dir.path / "capture.log")
@@ -52,6 +78,11 @@ class VmSession:
         self.phase = "prepare"
         self.shutdown_report: ShutdownReport | None = None
         self.screenshots: list[Path] = []
+        self.snapshot: str | None = None
+        """The snapshot in the VM's disks that :meth:`restore` returns to, if any."""
+        self.restored = False
+        """Whether the running guest came from a snapshot (its clock needs setting after login)."""
+        self._warm: WarmStart | None = None
 
     @contextmanager
     def step(self, phase: str, description: str) -> Iterator[None]:
@@ -65,6 +96,7 @@ class VmSession:
                 raise
 
     async def __aenter__(self) -> VmSession:
+        _CURRENT_RUN.set(self.run_dir.path)
         try:
             await self._boot()
         except BaseException as error:
@@ -85,13 +117,49 @@ class VmSession:
                 probe_kernel=profile.probe_kernel,
                 cache_dir=default_cache_root(),
             )
+            profile.check_accelerator(accel)
         self.progress.note(f"run directory: {self.run_dir.path} (accelerator: {accel})")
+        self._profile = profile
+        await profile.start_helpers(self.run_dir.path)
         machine = Machine(profile, config.machine, config.timeouts, self.run_dir, accel=accel)
+        if config.machine.warm:
+            self._warm = await asyncio.to_thread(WarmStart.prepare, machine, default_cache_root())
+            if self._warm is not None and self._warm.entry is not None and await self._boot_warm(self._warm):
+                return
         self.machine = machine
         with self.step("boot", f"starting QEMU ({profile.describe()} guest)"):
             await machine.start(prelaunch=self._attach_capture)
         with self.step("ready", "waiting for the guest to be ready"):
             await self._wait_ready(machine)
+        if self._warm is not None:
+            with self.step("snapshot", "saving a snapshot of the ready guest"):
+                self.snapshot = await self._warm.checkpoint(machine, config.timeouts.boot)
+
+    async def _boot_warm(self, warm: WarmStart) -> bool:
+        """Start from the warm snapshot; on failure stop that VM, log why, and return False (boot cold)."""
+        machine = warm.machine()
+        self.machine = machine
+        try:
+            with self.step("restore", "starting from the warm snapshot"):
+                await machine.start(prelaunch=self._attach_capture_and_restore)
+            with self.step("ready", "waiting for the restored guest"):
+                await self._wait_ready(machine, restored=True)
+        except InfraError as error:
+            await self._stop_sources()
+            machine.kill_now()
+            await machine.shutdown()
+            self.machine = None
+            await machine.profile.stop_helpers()  # a helper such as swtpm ends with its QEMU: start it anew
+            await machine.profile.start_helpers(self.run_dir.path)
+            await asyncio.to_thread(warm.failed, error)
+            return False
+        self.snapshot = WARM_TAG
+        self.restored = True
+        return True
+
+    async def _attach_capture_and_restore(self, machine: Machine) -> None:
+        await self._attach_capture(machine)
+        await load_snapshot(machine, WARM_TAG, timeout=self.config.timeouts.boot)
 
     async def _attach_capture(self, machine: Machine) -> None:
         for source in sources_for(machine):
@@ -103,10 +171,10 @@ class VmSession:
         await source.start(self.capture)
         self.sources.append(source)
 
-    async def _wait_ready(self, machine: Machine) -> None:
-        budget = self.config.timeouts.boot
+    async def _wait_ready(self, machine: Machine, *, restored: bool = False) -> None:
+        budget = min(self.config.timeouts.boot, WARM_READY) if restored else self.config.timeouts.boot
         marker = machine.profile.ready_marker
-        if marker is not None:
+        if marker is not None and not restored:  # a restored guest printed it before it was saved
             await machine.wait_for_console(marker, budget, f"waiting for {marker!r} on the serial console")
         ssh_port = machine.forwards.get("ssh")
         if ssh_port is not None:
@@ -127,8 +195,74 @@ class VmSession:
             await self.call(
                 guest.transport.wait_ready, budget, timeout=budget + 5, what="logging into the guest"
             )
-        access_for(self.config, machine.profile, machine.forwards).write(self.run_dir.path)
+            if self.restored:
+                await self._set_clock(guest)
+        access = access_for(self.config, machine.profile, machine.forwards)
+        if access is not None:
+            access.write(self.run_dir.path)
+        await self._start_debugview(guest)
         return guest
+
+    async def _start_debugview(self, guest: Guest) -> None:
+        """DbgPrint through DebugView in the guest, for a Windows guest without kernel debugging."""
+        settings = self.config.guest
+        if not isinstance(settings, Windows11GuestConfig) or not settings.debugview_enabled:
+            return
+        source = DebugViewSource(
+            guest.transport,
+            program=settings.debugview.program,
+            guest_log=settings.debugview.guest_log,
+            raw_copy=self.run_dir.path / "debugview.csv",
+            start_command=settings.debugview.start_command,
+        )
+        with self.step("capture", "starting DebugView in the guest"):
+            await self.add_source(source)
+
+    async def checkpoint(self) -> None:
+        """Snapshot the guest as it is now, in this run's disks only, for :meth:`restore` to return to."""
+        machine = self._require_machine()
+        timeout = self.config.timeouts.boot
+        with self.step("snapshot", "saving a snapshot of the guest"):
+            if self.snapshot is not None:  # snapshot-save does not replace a snapshot of the same name
+                await delete_snapshot(machine, self.snapshot, timeout=timeout)
+                self.snapshot = None
+            await save_snapshot(machine, WARM_TAG, timeout=timeout)
+        self.snapshot = WARM_TAG
+
+    async def restore(self) -> None:
+        """Return the guest to its snapshot (RAM, devices, disks: a clean guest) and log in again.
+
+        The snapshot is the warm one (``machine.warm``) or one taken by :meth:`checkpoint`. The guest's
+        clock, which resumes at the snapshot's time, is set to the host's.
+        """
+        machine = self._require_machine()
+        if self.snapshot is None:
+            raise SnapshotError(
+                "this VM has no snapshot to return to: start it with machine.warm: true (vmtest run --warm)"
+                " or call checkpoint() first",
+                phase="restore",
+                artifacts=self.run_dir.path,
+            )
+        with self.step("restore", "returning the guest to its snapshot"):
+            await load_snapshot(machine, self.snapshot, timeout=self.config.timeouts.boot)
+            self.restored = True
+            if self.guest is not None:
+                transport = self.guest.transport
+                await asyncio.to_thread(transport.close)  # its TCP connection is not in the restored guest
+                await self.call(
+                    transport.wait_ready, WARM_READY, timeout=WARM_READY + 5, what="logging in again"
+                )
+                await self._set_clock(self.guest)
+
+    async def _set_clock(self, guest: Guest) -> None:
+        transport = guest.transport
+        if not isinstance(transport, SshTransport) or transport.shell != "posix":
+            log.info("the restored guest's clock is the snapshot's: only POSIX guests get it set")
+            return
+        command = functools.partial(transport.run, ["date", "-u", "-s", f"@{time.time():.0f}"], timeout=30)
+        result = await self.call(command, timeout=35, what="setting the restored guest's clock")
+        if not result.ok:
+            log.warning("the restored guest's clock was not set: %s", result.text().strip())
 
     async def call(self, function: Callable[..., T], *args: object, timeout: float, what: str) -> T:
         """Run a blocking guest operation in a worker thread, ending early if the VM dies or crashes.
@@ -179,27 +313,50 @@ class VmSession:
                 shot = await self.screenshot(f"failure-{self.phase}")
                 if isinstance(error, InfraError):
                     error.located(phase=self.phase, artifacts=self.run_dir.path, screenshot=shot)
-            for source in reversed(self.sources):
-                try:
-                    await source.stop()
-                except Exception as problem:  # a capture that fails to stop must not hide the run's outcome
-                    log.warning("capture source %s did not stop cleanly: %s", source.name, problem)
+            await self._stop_sources()
             if self.guest is not None:
                 await asyncio.to_thread(self.guest.close)
             if self.machine is not None:
                 with self.progress.phase("shutdown", "stopping the VM"):
                     self.shutdown_report = await self.machine.shutdown()
+            if self._profile is not None:
+                await self._profile.stop_helpers()
         finally:
+            if self._warm is not None:
+                self._warm.release()
             if self.machine is not None:
                 self.machine.kill_now()
+                if self.snapshot is not None:
+                    remove_disk_copies(self.machine)
             self.capture.close()
             logging.getLogger("vmtest").removeHandler(self._log_handler)
             self._log_handler.close()
+
+    async def _stop_sources(self) -> None:
+        for source in reversed(self.sources):
+            try:
+                await source.stop()
+            except Exception as problem:  # a capture that fails to stop must not hide the run's outcome
+                log.warning("capture source %s did not stop cleanly: %s", source.name, problem)
+        self.sources.clear()
+
+
+class _ThisRun(logging.Filter):
+    """Passes the records of one run, and those logged outside any run's task."""
+
+    def __init__(self, run: Path) -> None:
+        super().__init__()
+        self.run = run
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Whether ``record`` belongs in this run's log."""
+        return _CURRENT_RUN.get() in (None, self.run)
 
 
 def _attach_run_log(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setLevel(logging.DEBUG)
+    handler.addFilter(_ThisRun(path.parent))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("vmtest")
     root.addHandler(handler)

@@ -10,6 +10,8 @@ nothing is lost if decoding fails.
 from __future__ import annotations
 
 import abc
+import contextlib
+import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -18,7 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal, TextIO
 
-__all__ = ["Capture", "CaptureEvent", "CaptureSource", "CapturedLine", "printable"]
+__all__ = ["Capture", "CaptureEvent", "CaptureSource", "CapturedLine", "printable", "printable_lines"]
+
+log = logging.getLogger(__name__)
 
 EventKind = Literal["bugcheck", "panic", "oops", "module-load", "stall"]
 
@@ -48,6 +52,11 @@ def printable(text: str) -> str:
     return "".join(ch if ch.isprintable() or ch == "\t" else f"\\x{ord(ch):02x}" for ch in text)
 
 
+def printable_lines(text: str) -> str:
+    """Like :func:`printable`, but the line breaks are kept: for messages that quote guest output."""
+    return "\n".join(printable(line) for line in text.split("\n"))
+
+
 def _stamp(moment: float) -> str:
     return datetime.fromtimestamp(moment, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -61,6 +70,8 @@ class Capture:
         self.events: list[CaptureEvent] = []
         self._tail: deque[CapturedLine] = deque(maxlen=tail_lines)
         self._file: TextIO | None = open(log_path, "a", encoding="utf-8")  # noqa: SIM115
+        self.write_error: OSError | None = None
+        """Why ``capture.log`` stopped being written (a full disk), if it did: the log is then incomplete."""
         self._line_listeners: list[Callable[[CapturedLine], None]] = []
         self._event_listeners: list[Callable[[CaptureEvent], None]] = []
 
@@ -82,22 +93,34 @@ class Capture:
         line = CapturedLine(time.time() if moment is None else moment, source, text)
         self.lines_seen += 1
         self._tail.append(line)
-        if self._file is not None:
-            self._file.write(f"{_stamp(line.time)} {source} {printable(text)}\n")
-            self._file.flush()
+        self._write(f"{_stamp(line.time)} {source} {printable(text)}\n")
         for listener in self._line_listeners:
             listener(line)
 
     def add_event(self, event: CaptureEvent) -> None:
         """Record a structured event (it also goes into ``capture.log`` as a marked line)."""
         self.events.append(event)
-        if self._file is not None:
-            self._file.write(
-                f"{_stamp(event.time)} {event.source} *** {event.kind}: {printable(event.summary)}\n"
-            )
-            self._file.flush()
+        self._write(f"{_stamp(event.time)} {event.source} *** {event.kind}: {printable(event.summary)}\n")
         for listener in self._event_listeners:
             listener(event)
+
+    def _write(self, text: str) -> None:
+        """Append to ``capture.log``; on a write error (a full disk) stop writing, but keep capturing.
+
+        The listeners (events, verdict, progress) still get every line; ``write_error`` tells the run
+        that the log on disk is incomplete.
+        """
+        if self._file is None:
+            return
+        try:
+            self._file.write(text)
+            self._file.flush()
+        except OSError as error:
+            self.write_error = error
+            log.error("cannot write %s, so it stops here: %s", self.log_path, error)
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def tail(self, count: int = 40) -> list[str]:
         """The last ``count`` lines, made printable."""
@@ -106,7 +129,10 @@ class Capture:
     def close(self) -> None:
         """Close ``capture.log``."""
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as error:
+                self.write_error = self.write_error or error
             self._file = None
 
 

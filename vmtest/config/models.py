@@ -42,6 +42,8 @@ REDACTED = "<redacted>"
 
 
 def _resolve_path(value: Path, info: ValidationInfo) -> Path:
+    if "\0" in str(value):
+        raise ValueError("a path cannot contain a NUL character")
     base = (info.context or {}).get("base_dir")
     value = value.expanduser()
     if base is not None and not value.is_absolute():

@@ -79,6 +79,7 @@ class Machine:
         self.crash: QmpEvent | None = None
         self._exited: asyncio.Task[int] | None = None
         self._crashed: asyncio.Future[QmpEvent] | None = None
+        self._io_stopped: asyncio.Future[QmpEvent] | None = None
 
     # ----------------------------------------------------------------------------------- start
 
@@ -109,6 +110,7 @@ class Machine:
                 theirs.close()
         self._exited = asyncio.create_task(self.process.wait(), name="qemu-exit")
         self._crashed = asyncio.get_running_loop().create_future()
+        self._io_stopped = asyncio.get_running_loop().create_future()
         try:
             await self._connect(qmp_ours, {role: pair[0] for role, pair in serial_pairs.items()})
         except MachineExited:
@@ -188,6 +190,13 @@ class Machine:
             raise MonitorError(f"QEMU should be stopped before the guest runs, but its status is {status}")
 
     def _note_crash(self, event: QmpEvent) -> None:
+        if event.name == "BLOCK_IO_ERROR" and event.data.get("action") == "stop":
+            # QEMU paused the guest on a failed disk write (a full disk under the overlay): it will not
+            # go on by itself, so every wait ends now instead of at its deadline.
+            log.warning("QEMU paused the guest on a disk I/O error: %s", event.data)
+            if self._io_stopped is not None and not self._io_stopped.done():
+                self._io_stopped.set_result(event)
+            return
         if event.name not in CRASH_EVENTS:
             return
         log.warning("guest crash reported by QEMU: %s %s", event.name, event.data)
@@ -207,12 +216,16 @@ class Machine:
             for _ in range(_FORWARD_ATTEMPTS):
                 port = free_loopback_port()
                 rule = f"tcp:{LOOPBACK}:{port}-:{guest_port}"
-                text = await self.monitor.hmp(f"hostfwd_add net0 {rule}")
-                if "could not" not in text.lower():
-                    self.forwards[name] = port
-                    log.info("forward %s: %s:%d -> guest port %d", name, LOOPBACK, port, guest_port)
-                    break
-                log.info("host port %d was taken, trying another", port)
+                try:
+                    await self.monitor.hmp(f"hostfwd_add net0 {rule}")
+                except MonitorError as error:  # hmp raises for QEMU's "Could not set up host forwarding"
+                    if "could not set up host forwarding" not in str(error).lower():
+                        raise
+                    log.info("host port %d was taken, trying another", port)
+                    continue
+                self.forwards[name] = port
+                log.info("forward %s: %s:%d -> guest port %d", name, LOOPBACK, port, guest_port)
+                break
             else:
                 raise InfraError(
                     f"no free host port for the {name} forward after {_FORWARD_ATTEMPTS} tries", phase="boot"
@@ -241,13 +254,20 @@ class Machine:
             stoppers.append(asyncio.ensure_future(self.monitor.link_down.wait()))
         if crash_ends_wait and self._crashed is not None:
             stoppers.append(self._crashed)
+        if self._io_stopped is not None:
+            stoppers.append(self._io_stopped)
         try:
             done, _ = await asyncio.wait(
                 {task, *stoppers}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
+        except asyncio.CancelledError:
+            # The waiter was interrupted (Ctrl-C, SIGTERM): the work waited for is abandoned too, so that
+            # its later failure (a guest command cut off by the shutdown) is never reported as unretrieved.
+            task.cancel()
+            raise
         finally:
             for stopper in stoppers:
-                if stopper is not self._exited and stopper is not self._crashed:
+                if stopper not in (self._exited, self._crashed, self._io_stopped):
                     stopper.cancel()
         if task in done:
             return task.result()
@@ -257,6 +277,10 @@ class Machine:
         if self._crashed is not None and self._crashed in done:
             event = self._crashed.result()
             raise GuestCrashed(f"the guest crashed ({_crash_summary(event)}) while {what}", crash=event)
+        if self._io_stopped is not None and self._io_stopped in done:
+            raise InfraError(
+                f"QEMU paused the guest ({_io_error_summary(self._io_stopped.result())}) while {what}"
+            )
         if self._exited is not None and self._exited.done():
             raise MachineExited(
                 f"QEMU exited ({_exit_reason(self._exited.result())}) while {what}",
@@ -359,6 +383,15 @@ def _crash_summary(event: QmpEvent) -> str:
     if isinstance(info, dict) and info.get("type") == "hyper-v":
         return f"{event.name}, stop code {int(info.get('arg1', 0)):#x}"
     return event.name
+
+
+def _io_error_summary(event: QmpEvent) -> str:
+    data = event.data
+    text = f"{data.get('operation', 'I/O')} error on its disk {data.get('node-name') or data.get('device')}"
+    text += f": {data.get('reason', 'unknown reason')}"
+    if data.get("nospace"):
+        text += "; the disk that holds the run directory is full"
+    return text
 
 
 def _exit_reason(returncode: int) -> str:

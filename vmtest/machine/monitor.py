@@ -151,8 +151,14 @@ class Monitor:
             self.history.append(event)
             log.debug("QMP event %s %s", event.name, event.data)
             if self._events_log is not None:
-                self._events_log.write(event.to_json() + "\n")
-                self._events_log.flush()
+                try:
+                    self._events_log.write(event.to_json() + "\n")
+                    self._events_log.flush()
+                except OSError as error:  # a full disk must not stop the events (crashes) reaching vmtest
+                    log.error("cannot write %s, so it stops here: %s", self._events_log_path, error)
+                    with contextlib.suppress(OSError):
+                        self._events_log.close()
+                    self._events_log = None
             for listener in self._listeners:
                 listener(event)
             for waiter in list(self._waiters):

@@ -51,6 +51,11 @@ class LinuxProfile(Profile):
         """This guest's own kernel."""
         return self.image.kernel
 
+    @property
+    def snapshot_nodes(self) -> tuple[str, ...]:
+        """The virtio disk's overlay (``node-name=disk0`` below), which also holds the RAM state."""
+        return ("disk0",)
+
     def cpu_model(self, accel: str) -> str:
         """The host CPU under KVM; everything TCG can emulate otherwise."""
         return "host" if accel == "kvm" else "max"
