@@ -431,10 +431,10 @@ def run_session(
     """Play ``script`` as the target against a KdHost until the target hangs up."""
     host_end, target_end = socket.socketpair()
     threads: list[threading.Thread] = []
-    if middle is not None:  # put a proxy between the two ends
-        proxy_host, proxy_target = socket.socketpair()
-        threads = middle(target_end, proxy_target)
-        target_end = proxy_host
+    if middle is not None:  # put a proxy between the two ends: middle(target side, host side)
+        target_side, proxy_end = socket.socketpair()
+        threads = middle(proxy_end, target_end)
+        target_end = target_side
     target = ScriptedTarget(target_end)
     if target_setup is not None:
         target_setup(target)

@@ -26,6 +26,7 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _Mark = tuple[int, int]  # 1-based line and column
 _PathKey = tuple[str | int, ...]
+_MAX_VALUES = 100_000  # aliases can make a small file expand without limit ("billion laughs")
 
 
 class _Document:
@@ -69,12 +70,18 @@ class _Builder:
         self.problems: list[ConfigProblem] = []
         self.from_environment: set[_PathKey] = set()
         self._constructor = yaml.SafeLoader("")
+        self._values = 0
 
     def problem(self, node: yaml.Node, path: _PathKey, message: str) -> None:
         line, column = _mark(node)
         self.problems.append(ConfigProblem(self.source, line, column, _dotted(path), message))
 
     def build(self, node: yaml.Node, path: _PathKey) -> Any:
+        self._values += 1
+        if self._values > _MAX_VALUES:
+            line, column = _mark(node)
+            message = f"the document expands to more than {_MAX_VALUES} values (aliases repeating aliases?)"
+            raise ConfigError([ConfigProblem(self.source, line, column, "", message)])
         self.marks[path] = _mark(node)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
@@ -160,8 +167,15 @@ def load_yaml_text(text: str, source: str, environ: Mapping[str, str] | None = N
         raise ConfigError([ConfigProblem(source, line, column, "", f"invalid YAML: {message}")]) from None
     except yaml.YAMLError as error:
         raise ConfigError([ConfigProblem(source, None, None, "", f"invalid YAML: {error}")]) from None
+    except RecursionError:
+        message = "invalid YAML: nested too deeply"
+        raise ConfigError([ConfigProblem(source, None, None, "", message)]) from None
     builder = _Builder(source, os.environ if environ is None else environ)
-    data = {} if node is None else builder.build(node, ())
+    try:
+        data = {} if node is None else builder.build(node, ())
+    except RecursionError:
+        message = "nested too deeply, or an alias refers to a node that contains it"
+        raise ConfigError([ConfigProblem(source, None, None, "", message)]) from None
     return data, _Document(data, builder.marks, builder.key_marks, builder.from_environment, builder.problems)
 
 

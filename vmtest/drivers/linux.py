@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Literal
 
 from vmtest.drivers.lifecycle import DeployedDriver, DriverLifecycle, DriverParameters
 from vmtest.errors import DriverError
@@ -46,6 +47,9 @@ _INIT_FAILED = "the module's init function returned an error"
 _INSMOD_REASON = re.compile(
     r"can't insert '[^']*': (?P<reason>.+)$|ERROR: could not insert module .*?: (?P<kmod>.+)$", re.M
 )
+# ELF e_machine numbers and the `uname -m` names of the machines a module may be built for.
+_ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64", 21: "ppc64", 22: "s390x"}
+_UNAME_TO_ELF = {"x86_64": 62, "i686": 3, "aarch64": 183, "riscv64": 243, "ppc64le": 21, "s390x": 22}
 _UNKNOWN_PARAMETER = re.compile(r"(?P<module>\w+): unknown parameter '(?P<name>[^']*)' ignored")
 
 
@@ -68,6 +72,21 @@ def _find_module(package: Path) -> Path:
     raise DriverError(f"driver package {package} does not exist")
 
 
+def _elf_machine(module: Path) -> int | str:
+    """The module's ELF machine number, or why it cannot be a kernel module at all."""
+    try:
+        with module.open("rb") as file:
+            head = file.read(20)
+    except OSError as error:
+        return f"it cannot be read ({error.strerror})"
+    if len(head) < 20 or head[:4] != b"\x7fELF":
+        return "it is not an ELF file at all"
+    order: Literal["little", "big"] = "little" if head[5] == 1 else "big"
+    if int.from_bytes(head[16:18], order) != 1:
+        return "it is an ELF file but not a relocatable object (a .ko is one)"
+    return int.from_bytes(head[18:20], order)
+
+
 def _explain(result: CommandResult, table: dict[str, str], default: str) -> str:
     text = result.text()
     lowered = text.lower()
@@ -85,6 +104,7 @@ class LinuxDriverLifecycle(DriverLifecycle):
     def __init__(self, transport: Transport, run_id: str) -> None:
         self.transport = transport
         self.guest_dir = f"{GUEST_ROOT}/{run_id}"
+        self._elf: dict[str, int | str] = {}  # guest path -> ELF machine (or what is wrong) of the host file
 
     def _run(self, *argv: str) -> CommandResult:
         return self.transport.run(argv, timeout=COMMAND_TIMEOUT)
@@ -95,6 +115,7 @@ class LinuxDriverLifecycle(DriverLifecycle):
         self._run("mkdir", "-p", self.guest_dir).check("creating the guest folder")
         remote = f"{self.guest_dir}/{module.name}"
         self.transport.put(module, remote, timeout=COMMAND_TIMEOUT, progress=progress)
+        self._elf[remote] = _elf_machine(module)
         return DeployedDriver(name=module_name(module), guest_dir=self.guest_dir, guest_binary=remote)
 
     def is_loaded(self, driver: DeployedDriver) -> bool:
@@ -112,6 +133,8 @@ class LinuxDriverLifecycle(DriverLifecycle):
         kernel_log = self._format_log(self._kernel_log(), since=seen_before)
         if not result.ok:
             meaning = _explain(result, INSMOD_ERRORS, _INIT_FAILED)
+            if "invalid module format" in result.text().lower():
+                meaning += self._format_detail(driver)
             raise DriverError(
                 f"loading {driver.name} failed: {meaning}", output=result.text().strip() + kernel_log
             )
@@ -123,6 +146,18 @@ class LinuxDriverLifecycle(DriverLifecycle):
                 "ignored them, so the module was unloaded again",
                 output=kernel_log,
             )
+
+    def _format_detail(self, driver: DeployedDriver) -> str:
+        """What is wrong with a module the kernel calls an invalid format, from its host file's ELF header."""
+        machine = self._elf.get(driver.guest_binary)
+        file = Path(driver.guest_binary).name
+        if isinstance(machine, str):
+            return f"; here {file} is not a module: {machine}"
+        guest = self._run("uname", "-m").stdout.decode(errors="replace").strip()
+        if machine is None or _UNAME_TO_ELF.get(guest, machine) == machine:
+            return ""
+        built_for = _ELF_MACHINES.get(machine, f"ELF machine {machine}")
+        return f"; here {file} is built for {built_for}, but the guest runs {guest} modules"
 
     def unload(self, driver: DeployedDriver) -> None:
         """``rmmod`` the module."""

@@ -81,11 +81,36 @@ def _one(paths: list[Path], kind: str, folder: Path) -> Path | None:
     return paths[0] if paths else None
 
 
+_PE_MACHINES = {0x14C: "x86 (32-bit)", 0x1C4: "ARM (32-bit)", 0xAA64: "ARM64", 0xA641: "ARM64EC"}
+_AMD64 = 0x8664
+
+
+def _check_image(sys_file: Path) -> None:
+    """Refuse a .sys that is not a PE image, or whose PE header names a machine other than x64."""
+    try:
+        with sys_file.open("rb") as file:
+            head = file.read(4096)
+    except OSError as error:
+        raise DriverError(f"cannot read {sys_file}: {error.strerror}") from None
+    if head[:2] != b"MZ":
+        raise DriverError(f"{sys_file.name} is not a PE image (no MZ header), so not a Windows driver")
+    offset = int.from_bytes(head[0x3C:0x40], "little") if len(head) >= 0x40 else 0
+    if offset and head[offset : offset + 4] == b"PE\0\0" and len(head) >= offset + 6:
+        machine = int.from_bytes(head[offset + 4 : offset + 6], "little")
+        if machine != _AMD64:
+            built_for = _PE_MACHINES.get(machine, f"machine type {machine:#06x}")
+            raise DriverError(
+                f"{sys_file.name} is built for {built_for}, but the guest is x64: build the driver for"
+                " x86_64-pc-windows-msvc"
+            )
+
+
 def find_driver_package(package: Path) -> DriverPackage:
     """Find the .sys, .inf, .cat and .cer files of a package folder (cargo make's), or take a lone .sys."""
     if package.is_file():
         if package.suffix.lower() != ".sys":
             raise DriverError(f"{package} is not a .sys file or a driver package folder")
+        _check_image(package)
         return DriverPackage(sys=package, inf=None, cat=None, certificates=())
     if not package.is_dir():
         raise DriverError(f"the driver package {package} does not exist")
@@ -96,6 +121,7 @@ def find_driver_package(package: Path) -> DriverPackage:
     sys_file = _one(by_suffix.get(".sys", []), ".sys", package)
     if sys_file is None:
         raise DriverError(f"the driver package {package} holds no .sys file: build the driver first")
+    _check_image(sys_file)
     return DriverPackage(
         sys=sys_file,
         inf=_one(by_suffix.get(".inf", []), ".inf", package),

@@ -18,6 +18,7 @@ from vmtest.config.models import MachineConfig, Timeouts
 from vmtest.errors import (
     DeadlineExceeded,
     GuestCrashed,
+    GuestUnreachable,
     InfraError,
     MachineExited,
     MonitorError,
@@ -40,6 +41,7 @@ CRASH_EVENTS = ("GUEST_PANICKED", "GUEST_CRASHLOADED")
 _FORWARD_ATTEMPTS = 20
 _QUIT_WAIT = 5.0
 _SIGNAL_WAIT = 5.0
+_GONE_WAIT = 1.0  # how long a failed guest operation waits to learn whether QEMU died under it
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ class Machine:
         await self._add_forwards()
         if prelaunch is not None:
             await prelaunch(self)
-        await self.monitor.execute("cont")
+        await self.wait(self.monitor.execute("cont"), self.timeouts.qmp_command, "starting the guest's CPU")
 
     def command_line(
         self, qemu: str, overlays: tuple[Path, ...], qmp_fd: int, serial_fds: dict[str, int]
@@ -270,6 +272,15 @@ class Machine:
                 if stopper not in (self._exited, self._crashed, self._io_stopped):
                     stopper.cancel()
         if task in done:
+            failure = None if task.cancelled() else task.exception()
+            broken = isinstance(failure, (GuestUnreachable, MachineExited, MonitorError))
+            if broken and await self._died_within(_GONE_WAIT):
+                # The guest or QMP link failed because QEMU died: say that, not what it broke.
+                assert self._exited is not None
+                returncode = self._exited.result()
+                raise MachineExited(
+                    f"QEMU exited ({_exit_reason(returncode)}) while {what}", returncode=returncode
+                ) from failure
             return task.result()
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -364,6 +375,10 @@ class Machine:
         except InfraError:
             return False
         return bool(status.get("running"))
+
+    async def _died_within(self, seconds: float) -> bool:
+        """Whether QEMU (once started) has exited, or exits within ``seconds``."""
+        return self._exited is not None and await self._exit_within(seconds)
 
     async def _exit_within(self, seconds: float) -> bool:
         assert self._exited is not None
