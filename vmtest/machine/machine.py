@@ -41,6 +41,7 @@ CRASH_EVENTS = ("GUEST_PANICKED", "GUEST_CRASHLOADED")
 _FORWARD_ATTEMPTS = 20
 _QUIT_WAIT = 5.0
 _SIGNAL_WAIT = 5.0
+_SERIAL_BUFFER = 8 * 1024 * 1024
 _GONE_WAIT = 1.0  # how long a failed guest operation waits to learn whether QEMU died under it
 
 
@@ -94,7 +95,7 @@ class Machine:
         qemu = find_qemu(self.config.qemu)
         overlays = await self._make_overlays()
         qmp_ours, qmp_theirs = socket.socketpair()
-        serial_pairs = {role: socket.socketpair() for role in self.profile.serial_roles}
+        serial_pairs = {role: _serial_pair() for role in self.profile.serial_roles}
         args = self.command_line(
             qemu, overlays, qmp_theirs.fileno(), {r: p[1].fileno() for r, p in serial_pairs.items()}
         )
@@ -391,6 +392,24 @@ class Machine:
         if self.process is not None and self.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.process.pid, signal.SIGKILL)
+
+
+def _serial_pair() -> tuple[socket.socket, socket.socket]:
+    """A socket pair for a serial port, with QEMU's sending side as large as this user may make it.
+
+    QEMU's UART gives up on a byte after a few failed writes to a full socket, so while vmtest's reader
+    is starved of CPU the guest's output could lose characters; a big buffer makes that unlikely.
+    """
+    ours, theirs = socket.socketpair()
+    for option in (getattr(socket, "SO_SNDBUFFORCE", None), socket.SO_SNDBUF):
+        if option is None:
+            continue
+        try:
+            theirs.setsockopt(socket.SOL_SOCKET, option, _SERIAL_BUFFER)
+            break
+        except OSError:
+            continue  # SO_SNDBUFFORCE needs CAP_NET_ADMIN; SO_SNDBUF is capped by net.core.wmem_max
+    return ours, theirs
 
 
 def _crash_summary(event: QmpEvent) -> str:
