@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 _PARAMIKO_LOG = f"{__name__}.paramiko"
 _RETRY_PAUSE = 0.25  # seconds between connection attempts while the guest boots
 _MIN_WAIT = 0.1  # the shortest timeout handed to paramiko, so that a spent deadline still tries once
+_CHANNEL_RETRY = 0.2  # seconds between asks for a channel the server refused
 _CHUNK = 65536
 _DROP_SETTLE = 1.0  # how long a failed copy waits to learn whether the connection died
 _MAX_IDLE = 0.02  # the longest sleep of the command loop when no stream moved
@@ -332,7 +333,7 @@ class SshTransport(Transport):
         deadline = started + timeout
         transport = self._transport(timeout)
         try:
-            channel = transport.open_session(timeout=max(deadline - time.monotonic(), _MIN_WAIT))
+            channel = _open_channel(transport, deadline)
             channel.exec_command(command)
         except _CONNECT_ERRORS as error:
             kind = GuestUnreachable if _connection_lost(transport, error) else GuestError
@@ -558,6 +559,22 @@ def _login_interrupted(error: paramiko.AuthenticationException) -> bool:
     paramiko raises these as plain AuthenticationExceptions, told apart only by their text.
     """
     return any(text in str(error) for text in _INTERRUPTED_LOGIN)
+
+
+def _open_channel(transport: paramiko.Transport, deadline: float) -> paramiko.Channel:
+    """A session channel; a refused open is retried until the deadline (no command has started then).
+
+    A busy guest's SSH server can refuse a channel for a moment ("Unable to open channel"); since
+    nothing ran yet, asking again is safe, unlike re-running a command.
+    """
+    while True:
+        try:
+            return transport.open_session(timeout=max(deadline - time.monotonic(), _MIN_WAIT))
+        except paramiko.SSHException as error:
+            refused = isinstance(error, paramiko.ChannelException) or "Unable to open channel" in str(error)
+            if not refused or not transport.is_active() or time.monotonic() + _CHANNEL_RETRY >= deadline:
+                raise
+            time.sleep(_CHANNEL_RETRY)
 
 
 def _open_sftp(transport: paramiko.Transport, deadline: float) -> paramiko.SFTPClient:
