@@ -36,10 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from vmtest.errors import ImageError
+from vmtest.images.keys import CLIENT_KEY_PATH, CLIENT_PUBLIC_KEY_PATH, make_client_key
 
 __all__ = [
     "MANIFEST_NAME",
@@ -82,8 +80,6 @@ KERNEL_PATH = "kernel/vmlinuz"
 KERNEL_CONFIG_PATH = "kernel/config"
 INITRD_PATH = "initramfs.cpio.gz"
 DISK_PATH = "disk.qcow2"
-CLIENT_KEY_PATH = "keys/client_ed25519"
-CLIENT_PUBLIC_KEY_PATH = "keys/client_ed25519.pub"
 HOST_PUBLIC_KEY_PATH = "keys/host_ed25519.pub"
 HEADERS_ROOT_PATH = "headers-root"
 SELFTEST_MODULE_PATH = "selftest/vmtest_hello.ko"
@@ -498,7 +494,7 @@ def _build_into(work: Path, inputs: Inputs, log: Callable[[str], None]) -> None:
     log("building a test module against the headers")
     _prove_headers(headers, inputs.kernel.release, inputs.files_dir, work / "selftest", image)
     log("generating keys")
-    client_public = _make_client_key(image)
+    client_public = make_client_key(image)
     host_private, host_public = _make_host_key(work / "hostkey", image)
     log("writing the initramfs")
     modules = _module_load_order(moddir, _wanted_modules(inputs.files_dir / "modules.txt"))
@@ -635,23 +631,6 @@ def _prove_headers(headers: Path, release: str, files_dir: Path, work: Path, ima
 # --------------------------------------------------------------------------------------------------
 # Keys
 # --------------------------------------------------------------------------------------------------
-
-
-def _make_client_key(image: Path) -> str:
-    """Write the client's OpenSSH ed25519 key pair (private part 0600); return the public line."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    line = f"{public.decode()} vmtest-client"
-    path = image / CLIENT_KEY_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private)
-    (image / CLIENT_PUBLIC_KEY_PATH).write_text(line + "\n", encoding="utf-8")
-    return line
 
 
 def _make_host_key(work: Path, image: Path) -> tuple[bytes, str]:

@@ -49,9 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from vmtest.config.models import Accelerator, MachineConfig, Timeouts
 from vmtest.config.windows import (
     DEFAULT_OVMF_CODE,
@@ -71,6 +68,7 @@ from vmtest.errors import (
     InfraError,
     MachineExited,
 )
+from vmtest.images.keys import CLIENT_KEY_PATH, CLIENT_PUBLIC_KEY_PATH, make_client_key
 from vmtest.images.linux import default_cache_root
 from vmtest.machine.accel import probe_kvm
 from vmtest.machine.bugcheck import bugcheck_from_qmp_event
@@ -157,8 +155,6 @@ PROVISION_COMMAND = (
 DISK_PATH = "disk.qcow2"
 EFIVARS_PATH = "efivars.fd"
 TPM_PATH = "tpm"
-CLIENT_KEY_PATH = "keys/client_ed25519"
-CLIENT_PUBLIC_KEY_PATH = "keys/client_ed25519.pub"
 HOST_PUBLIC_KEY_PATH = "keys/ssh_host_ed25519_key.pub"
 
 # The answer file's XML namespaces.
@@ -1041,23 +1037,6 @@ def build_answer_iso(plan: WindowsImagePlan, password: str, authorized_key: str 
         shutil.rmtree(staging, ignore_errors=True)  # the answer file holds the password
 
 
-def _make_client_key(folder: Path) -> str:
-    """Write an OpenSSH ed25519 client key pair (private part 0600) under ``folder``; the public line."""
-    key = Ed25519PrivateKey.generate()
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
-    )
-    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
-    line = f"{public.decode()} vmtest-client"
-    path = folder / CLIENT_KEY_PATH
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(private)
-    (folder / CLIENT_PUBLIC_KEY_PATH).write_text(line + "\n", encoding="utf-8")
-    return line
-
-
 @contextlib.contextmanager
 def _build_lock(folder: Path) -> Iterator[None]:
     with (folder / ".windows-build.lock").open("w") as lock:
@@ -1105,7 +1084,7 @@ async def _build(plan: WindowsImagePlan, progress: Progress) -> WindowsImage:
         plan.work_dir.mkdir()
         try:
             with progress.phase("prepare", "answer ISO, keys and a blank disk"):
-                client = _make_client_key(plan.work_dir) if plan.options.openssh_zip is not None else None
+                client = make_client_key(plan.work_dir) if plan.options.openssh_zip is not None else None
                 build_answer_iso(plan, password, client)
                 _run(["qemu-img", "create", "-q", "-f", "qcow2", plan.disk, f"{plan.options.disk_size_gib}G"])
             try:
