@@ -2,10 +2,10 @@
 
 Each VM is a whole pipeline (its own :class:`~vmtest.session.VmSession` and run directory) under one
 parent run directory; all of them run in one event loop, the thread that spawns QEMU (its parent-death
-signal is tied to it). Ports and sockets never collide: forwards are chosen over QMP with retries, and
-QMP and the serial ports are socket pairs. Each VM's capture is judged on its own (sequence numbers are
-per VM); the verdicts and outcomes are then merged so that the parent directory gets the run's single
-``verdicts.json``, JUnit file and HTML report.
+signal is tied to it). Ports and sockets never collide: forwards are chosen over QMP with retries,
+QMP and the KD link are socket pairs, and the console is a file in the VM's run directory. Each VM's
+capture is judged on its own (sequence numbers are per VM); the verdicts and outcomes are then merged
+so that the parent directory gets the run's single ``verdicts.json``, JUnit file and HTML report.
 """
 
 from __future__ import annotations

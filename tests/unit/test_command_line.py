@@ -41,7 +41,7 @@ def machine(tmp_path: Path) -> Machine:
 
 def build(machine: Machine) -> list[str]:
     overlay = machine.run_dir.overlay(0)
-    return machine.command_line("qemu-system-x86_64", (overlay,), 7, {"console": 8})
+    return machine.command_line("qemu-system-x86_64", (overlay,), 7, {})
 
 
 def test_cpu_starts_stopped_and_qmp_uses_the_socket_pair(machine: Machine) -> None:
@@ -73,10 +73,11 @@ def test_network_is_restricted_and_has_no_forward_on_the_command_line(machine: M
     assert option_values(args, "-device")[0] == "e1000,netdev=net0,autonegotiation=off"
 
 
-def test_serial_console_is_logged_by_qemu_into_the_run_directory(machine: Machine) -> None:
+def test_serial_console_is_written_by_qemu_into_the_run_directory(machine: Machine) -> None:
     args = build(machine)
     log_path = machine.run_dir.serial_log("console")
-    assert f"socket,id=serial0,fd=8,logfile={log_path},logappend=on" in option_values(args, "-chardev")
+    assert machine.text_serial_roles == ("console",) and machine.raw_serial_roles == ()
+    assert f"file,id=serial0,path={log_path},append=on" in option_values(args, "-chardev")
     assert option_values(args, "-serial") == ["chardev:serial0"]
 
 

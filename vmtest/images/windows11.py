@@ -906,7 +906,7 @@ def plan_windows_image(options: WindowsImageOptions) -> WindowsImagePlan:
     planned = Machine(profile, machine, timeouts, run_dir, accel=accel)
     overlays = (run_dir.overlay(0), run_dir.overlay(1))
     command = planned.command_line(
-        qemu, overlays, 3, {role: 4 + i for i, role in enumerate(profile.serial_roles)}
+        qemu, overlays, 3, {role: 4 + i for i, role in enumerate(planned.raw_serial_roles)}
     )
     iso_tool = find_iso_tool()
     plan = WindowsImagePlan(

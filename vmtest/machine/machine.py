@@ -9,7 +9,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -42,6 +42,7 @@ _FORWARD_ATTEMPTS = 20
 _QUIT_WAIT = 5.0
 _SIGNAL_WAIT = 5.0
 _SERIAL_BUFFER = 8 * 1024 * 1024
+CONSOLE_ROLE = "console"
 _GONE_WAIT = 1.0  # how long a failed guest operation waits to learn whether QEMU died under it
 
 
@@ -95,7 +96,9 @@ class Machine:
         qemu = find_qemu(self.config.qemu)
         overlays = await self._make_overlays()
         qmp_ours, qmp_theirs = socket.socketpair()
-        serial_pairs = {role: _serial_pair() for role in self.profile.serial_roles}
+        serial_pairs = {role: _serial_pair() for role in self.raw_serial_roles}
+        for role in self.text_serial_roles:  # made before QEMU opens it, so a reader can follow it at once
+            self.run_dir.serial_log(role).touch(mode=0o600)
         args = self.command_line(
             qemu, overlays, qmp_theirs.fileno(), {r: p[1].fileno() for r, p in serial_pairs.items()}
         )
@@ -124,10 +127,23 @@ class Machine:
             await prelaunch(self)
         await self.wait(self.monitor.execute("cont"), self.timeouts.qmp_command, "starting the guest's CPU")
 
+    @property
+    def text_serial_roles(self) -> tuple[str, ...]:
+        """The serial ports QEMU writes into a file that vmtest follows (the text console)."""
+        return tuple(role for role in self.profile.serial_roles if role == CONSOLE_ROLE)
+
+    @property
+    def raw_serial_roles(self) -> tuple[str, ...]:
+        """The two-way serial ports, on a socket pair (the KD link): every port but the console."""
+        return tuple(role for role in self.profile.serial_roles if role != CONSOLE_ROLE)
+
     def command_line(
-        self, qemu: str, overlays: tuple[Path, ...], qmp_fd: int, serial_fds: dict[str, int]
+        self, qemu: str, overlays: tuple[Path, ...], qmp_fd: int, serial_fds: Mapping[str, int]
     ) -> list[str]:
-        """The full QEMU command line: what every guest shares, then the profile's part."""
+        """The full QEMU command line: what every guest shares, then the profile's part.
+
+        ``serial_fds`` holds QEMU's end of each raw serial port's socket pair (see :attr:`raw_serial_roles`).
+        """
         args = [
             qemu,
             "-name", f"vmtest-{self.run_dir.path.name},debug-threads=on",
@@ -143,9 +159,13 @@ class Machine:
             # User networking with no route out: the guest reaches nothing but the forwards added below.
             "-netdev", "user,id=net0,restrict=on",
         ]  # fmt: skip
-        for index, (role, fd) in enumerate(serial_fds.items()):
+        for index, role in enumerate(self.profile.serial_roles):
             log_path = self.run_dir.serial_log(role)
-            args += ["-chardev", f"socket,id=serial{index},fd={fd},logfile={log_path},logappend=on"]
+            if role in self.text_serial_roles:
+                args += ["-chardev", f"file,id=serial{index},path={log_path},append=on"]
+            else:
+                fd = serial_fds[role]
+                args += ["-chardev", f"socket,id=serial{index},fd={fd},logfile={log_path},logappend=on"]
             args += ["-serial", f"chardev:serial{index}"]
         context = LaunchContext(accel=self.accel, overlays=overlays, run_dir=self.run_dir.path)
         return [*args, *self.profile.qemu_args(context), *self.config.extra_args]
@@ -181,13 +201,11 @@ class Machine:
             "connecting to QMP",
         )
         self.monitor.add_listener(self._note_crash)
-        for role, sock in serials.items():
-            if role == "console":
-                console = SerialConsole(role)
-                await console.attach(sock)
-                self.consoles[role] = console
-            else:
-                self.serial_sockets[role] = sock  # raw ports (the KD link) belong to their capture source
+        for role in self.text_serial_roles:
+            console = SerialConsole(role)
+            console.follow(self.run_dir.serial_log(role), lambda: self.running)
+            self.consoles[role] = console
+        self.serial_sockets.update(serials)  # raw ports (the KD link) belong to their capture source
         status = await self.monitor.execute("query-status")
         if status.get("status") != "prelaunch":
             raise MonitorError(f"QEMU should be stopped before the guest runs, but its status is {status}")

@@ -38,8 +38,8 @@ takes ~0.2-0.4 s under TCG. Copies hold the RAM state, so they are removed from 
 the VM has stopped (see :func:`remove_disk_copies`).
 
 After a restore the guest's clock is the snapshot's, and TCP connections made after the snapshot are
-gone: the session logs in again and sets the clock. The serial ports' socket pairs stay connected
-across ``snapshot-load`` (only the emulated UART's state is reloaded), so the capture keeps going.
+gone: the session logs in again and sets the clock. The serial ports stay connected across
+``snapshot-load`` (only the emulated UART's state is reloaded), so the capture keeps going.
 
 A Windows guest uses the same path when its profile lists the system disk first and the qcow2 UEFI
 variable store after it (a raw VARS cannot hold a snapshot), and starts a fresh swtpm from the same
@@ -203,7 +203,7 @@ def warm_key(machine: Machine) -> WarmKey:
     run = machine.run_dir.path
     qemu = find_qemu(machine.config.qemu)
     overlays = tuple(machine.run_dir.overlay(index) for index in range(len(profile.base_disks)))
-    args = machine.command_line(qemu, overlays, 0, dict.fromkeys(profile.serial_roles, 0))[1:]
+    args = machine.command_line(qemu, overlays, 0, dict.fromkeys(machine.raw_serial_roles, 0))[1:]
     bases = [base.resolve() for base in profile.base_disks]
     material: dict[str, Any] = {
         "format": FORMAT,
