@@ -276,6 +276,11 @@ class VmSession:
         """Wait for ``awaitable`` with a deadline, ending early if the VM dies or crashes."""
         return await self._require_machine().wait(awaitable, timeout, what)
 
+    async def catch_up(self) -> None:
+        """Wait until the capture holds every line the guest printed before this call."""
+        caught_up = asyncio.gather(*(source.catch_up() for source in self.sources))
+        await self.wait(caught_up, self.config.timeouts.command, "reading the guest's last output")
+
     async def keep(self, seconds: float) -> None:
         """Keep the VM up for a person until Ctrl-C, QEMU's exit, or ``seconds``; print how to reach it."""
         machine = self._require_machine()

@@ -1,7 +1,7 @@
 """The Linux guest's kernel log, read live from its serial console at full log level.
 
-The raw bytes are already in the run directory (QEMU's chardev log, ``serial-console.log``); this
-source turns lines into the capture stream and recognises panics and kernel bugs as events.
+The raw bytes are already in the run directory (QEMU writes the port into ``serial-console.log``);
+this source turns lines into the capture stream and recognises panics and kernel bugs as events.
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ class LinuxConsoleSource(CaptureSource):
         """Follow the console from now on (the console itself was attached before the guest ran)."""
         self._capture = capture
         self.console.add_line_listener(self._line)
+
+    async def catch_up(self) -> None:
+        """Return once the console file is read up to where it was at the call."""
+        await self.console.caught_up()
 
     def _line(self, text: str) -> None:
         capture = self._capture

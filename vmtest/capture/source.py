@@ -145,6 +145,13 @@ class CaptureSource(abc.ABC):
     async def start(self, capture: Capture) -> None:
         """Begin feeding ``capture``; called before the guest's CPU runs when the source can be."""
 
+    async def catch_up(self) -> None:  # noqa: B027 (most sources pass lines on as they come)
+        """Return once every line the guest emitted before this call is in the capture.
+
+        A source that hands each line over as it arrives (the KD host: the target waits in DbgPrint
+        until its packet is acknowledged) has nothing to do.
+        """
+
     @abc.abstractmethod
     async def stop(self) -> None:
         """Stop, after flushing what is buffered; idempotent."""
