@@ -51,6 +51,14 @@ _INSMOD_REASON = re.compile(
 _ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64", 21: "ppc64", 22: "s390x"}
 _UNAME_TO_ELF = {"x86_64": 62, "i686": 3, "aarch64": 183, "riscv64": 243, "ppc64le": 21, "s390x": 22}
 _UNKNOWN_PARAMETER = re.compile(r"(?P<module>\w+): unknown parameter '(?P<name>[^']*)' ignored")
+# Runs a step (insmod, rmmod) and reads the kernel log lines it caused in the same round trip: the
+# step's own output goes to stderr; stdout gets the new kernel log lines, the last 40 if the step
+# failed, else only the kernel's complaints about parameters.
+_STEP_SCRIPT = (
+    'before=$(dmesg | wc -l); "$@" >&2; status=$?; new() { dmesg | tail -n "+$((before + 1))"; }; '
+    'if [ "$status" -ne 0 ]; then new | tail -n 40; else new | grep -F "unknown parameter"; fi; '
+    'exit "$status"'
+)
 
 
 def module_name(ko: Path | str) -> str:
@@ -128,9 +136,7 @@ class LinuxDriverLifecycle(DriverLifecycle):
             log.info("module %s is already loaded; unloading it first", driver.name)
             self.unload(driver)
         arguments = [f"{key}={_parameter_value(key, value)}" for key, value in parameters.items()]
-        seen_before = len(self._kernel_log())
-        result = self._run("insmod", driver.guest_binary, *arguments)
-        kernel_log = self._format_log(self._kernel_log(), since=seen_before)
+        result, kernel_log = self._step("insmod", driver.guest_binary, *arguments)
         if not result.ok:
             meaning = _explain(result, INSMOD_ERRORS, _INIT_FAILED)
             if "invalid module format" in result.text().lower():
@@ -161,11 +167,9 @@ class LinuxDriverLifecycle(DriverLifecycle):
 
     def unload(self, driver: DeployedDriver) -> None:
         """``rmmod`` the module."""
-        seen_before = len(self._kernel_log())
-        result = self._run("rmmod", driver.name)
+        result, kernel_log = self._step("rmmod", driver.name)
         if not result.ok:
             meaning = _explain(result, RMMOD_ERRORS, "rmmod failed")
-            kernel_log = self._format_log(self._kernel_log(), since=seen_before)
             raise DriverError(
                 f"unloading {driver.name} failed: {meaning}", output=result.text().strip() + kernel_log
             )
@@ -174,15 +178,12 @@ class LinuxDriverLifecycle(DriverLifecycle):
         """Delete the run's guest folder."""
         self._run("rm", "-rf", driver.guest_dir).check("removing the guest folder")
 
-    def _kernel_log(self) -> list[str]:
-        result = self._run("dmesg")
-        return result.stdout.decode(errors="replace").splitlines() if result.ok else []
-
-    @staticmethod
-    def _format_log(lines: list[str], *, since: int, most: int = 40) -> str:
-        """The kernel log lines that appeared after the first ``since`` (the last ``most`` if it wrapped)."""
-        new = lines[since:] if since <= len(lines) else lines
-        return "\nkernel log:\n" + "\n".join(new[-most:]) if new else ""
+    def _step(self, *argv: str) -> tuple[CommandResult, str]:
+        """Run ``argv`` and read the kernel log lines it caused: its result, and those lines for a message."""
+        raw = self.transport.run(["sh", "-c", _STEP_SCRIPT, "vmtest-step", *argv], timeout=COMMAND_TIMEOUT)
+        result = CommandResult(" ".join(argv), raw.exit_code, b"", raw.stderr, raw.duration)
+        lines = raw.stdout.decode(errors="replace").strip()
+        return result, f"\nkernel log:\n{lines}" if lines else ""
 
 
 def _parameter_value(key: str, value: str | int) -> str:
