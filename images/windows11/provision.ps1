@@ -7,7 +7,8 @@
   "VMTEST-PROVISION-FAILED what: why" and stops (the VM stays up for a screenshot); a step that may fail
   without harm prints "VMTEST-WARN ..." and the script goes on. At the end it schedules a shutdown and
   prints "VMTEST-PROVISION-DONE"; the host waits for the power-off and seals the disk. The marker texts
-  come from settings.json, written by vmtest/images/windows11.py. Settings: windows11-vm.md §2.8, §2.9.
+  come from settings.json, written by vmtest/images/windows11/answer_iso.py. Settings: windows11-vm.md
+  §2.8, §2.9.
   The transcript is kept in C:\vmtest\provision.log.
 #>
 param([Parameter(Mandatory = $true)][string]$Source)

@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from vmtest.errors import ConfigError
-from vmtest.images import windows11
+from vmtest.images.windows11 import host as windows_host
 from vmtest.images.windows11 import image_build_windows11_command
+from vmtest.images.windows11 import install as windows_install
 
 PASSWORD = "never-printed-9f3b"
 
@@ -150,7 +151,7 @@ def test_without_the_password_the_dry_run_says_so(workspace: Path, monkeypatch: 
 def test_missing_host_tools_are_listed_with_their_package(
     workspace: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(windows11.shutil, "which", lambda name: None)
+    monkeypatch.setattr(windows_host.shutil, "which", lambda name: None)
     code, text = dry_run(workspace, tpm=True)
     assert code == 3
     for advice in ("apt-get install qemu-system-x86", "apt-get install qemu-utils", "apt-get install xorriso",
@@ -162,7 +163,7 @@ def test_the_dry_run_does_not_need_kvm(workspace: Path, monkeypatch: pytest.Monk
     def no_probe(*args: object, **kwargs: object) -> None:
         raise AssertionError("a dry run must not probe KVM")
 
-    monkeypatch.setattr(windows11, "probe_kvm", no_probe)
+    monkeypatch.setattr(windows_install, "probe_kvm", no_probe)
     monkeypatch.setattr("vmtest.machine.profiles.windows11.kvm_has_hyperv", lambda: None)
     code, text = dry_run(workspace, tpm=True, image_name="Windows 11 Enterprise LTSC Evaluation")
     assert code == 0

@@ -27,19 +27,21 @@ import pytest
 from vmtest.config.models import MachineConfig, Timeouts
 from vmtest.config.windows import Windows11GuestConfig
 from vmtest.errors import ImageError
-from vmtest.images import windows11
 from vmtest.images.windows11 import (
     MARKERS,
-    UNATTEND_NS,
     WindowsImage,
     WindowsImageOptions,
     WindowsImagePlan,
     build_answer_iso,
     build_windows_image,
+    encode_password,
     find_iso_tool,
     find_windows_image,
     plan_windows_image,
 )
+from vmtest.images.windows11 import host as windows_host
+from vmtest.images.windows11.answer import UNATTEND_NS
+from vmtest.images.windows11.seal import _sha256
 from vmtest.machine.machine import Machine
 from vmtest.machine.profiles.windows11 import Windows11Profile
 from vmtest.machine.rundir import RunDirectory
@@ -206,7 +208,7 @@ def test_the_answer_iso_carries_the_rendered_answer_file_and_settings(tmp_path: 
 def test_xorriso_is_preferred_and_genisoimage_is_the_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
     installed: set[str] = set()
     monkeypatch.setattr(
-        windows11.shutil, "which", lambda name: f"/usr/bin/{name}" if name in installed else None
+        windows_host.shutil, "which", lambda name: f"/usr/bin/{name}" if name in installed else None
     )
     assert find_iso_tool() is None
     installed.add("genisoimage")
@@ -365,7 +367,7 @@ def test_a_build_seals_an_image_with_its_metadata(tmp_path: Path) -> None:
                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
     assert info["format"] == "qcow2" and "backing-filename" not in info
     assert manifest["disk_virtual_size"] == 64 * 1024**3
-    assert manifest["sha256"]["disk.qcow2"] == windows11._sha256(image.disk)
+    assert manifest["sha256"]["disk.qcow2"] == _sha256(image.disk)
     assert image.efivars.stat().st_size == OVMF[1].stat().st_size  # the store after the install, raw
     assert manifest["licence"] == {
         "evaluation": True,
@@ -379,7 +381,7 @@ def test_a_build_seals_an_image_with_its_metadata(tmp_path: Path) -> None:
     assert manifest["configured"]["debug_print_filter"] == {"DEFAULT": 15}
     assert manifest["warnings"] == ["Defender real-time scanning off: Tamper Protection"]
     assert manifest["windows"]["build"] == "26100" and manifest["user"] == "vmtest"
-    for secret in (PASSWORD.encode(), windows11.encode_password(PASSWORD, "Password").encode()):
+    for secret in (PASSWORD.encode(), encode_password(PASSWORD, "Password").encode()):
         assert (
             files_containing(image.root, secret) == [] and files_containing(plan.run_dir.path, secret) == []
         )

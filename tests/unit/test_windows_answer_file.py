@@ -16,9 +16,6 @@ import pytest
 from vmtest.errors import ConfigError, ImageError
 from vmtest.images.windows11 import (
     MARKERS,
-    PROVISION_COMMAND,
-    UNATTEND_NS,
-    WCM_NS,
     AnswerSettings,
     ProvisionLog,
     WindowsImageOptions,
@@ -27,6 +24,7 @@ from vmtest.images.windows11 import (
     render_answer_file,
     windows_files_dir,
 )
+from vmtest.images.windows11.answer import PROVISION_COMMAND, UNATTEND_NS, WCM_NS
 
 NS = {"u": UNATTEND_NS, "wcm": WCM_NS}
 PASSWORD = "Correct horse 42"
