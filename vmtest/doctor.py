@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -31,6 +30,7 @@ from typing import Any, Literal
 from vmtest.config import load_config
 from vmtest.config.models import VmtestConfig
 from vmtest.errors import EXIT_INFRA, VmtestError
+from vmtest.images.digest import sha256_file
 from vmtest.images.linux import BUILD_COMMAND, LinuxImage, default_cache_root, find_linux_image
 from vmtest.machine.accel import probe_kvm
 from vmtest.machine.profiles import profile_for
@@ -363,17 +363,14 @@ def _cached_sha256(path: Path) -> str:
     entry = cache.get(key)
     if isinstance(entry, dict) and {name: entry.get(name) for name in stamp} == stamp:
         return str(entry["sha256"])
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    cache[key] = {**stamp, "sha256": digest.hexdigest()}
+    digest = sha256_file(path)
+    cache[key] = {**stamp, "sha256": digest}
     with contextlib.suppress(OSError):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
         tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
         os.replace(tmp, cache_file)
-    return digest.hexdigest()
+    return digest
 
 
 def _check_images(config: VmtestConfig) -> list[Check]:

@@ -27,6 +27,7 @@ import pytest
 from vmtest.config.models import MachineConfig, Timeouts
 from vmtest.config.windows import Windows11GuestConfig
 from vmtest.errors import ImageError
+from vmtest.images.digest import sha256_file
 from vmtest.images.windows11 import (
     MARKERS,
     WindowsImage,
@@ -41,7 +42,6 @@ from vmtest.images.windows11 import (
 )
 from vmtest.images.windows11 import host as windows_host
 from vmtest.images.windows11.answer import UNATTEND_NS
-from vmtest.images.windows11.seal import _sha256
 from vmtest.machine.machine import Machine
 from vmtest.machine.profiles.windows11 import Windows11Profile
 from vmtest.machine.rundir import RunDirectory
@@ -367,7 +367,7 @@ def test_a_build_seals_an_image_with_its_metadata(tmp_path: Path) -> None:
                                      capture_output=True, text=True, check=True).stdout)  # fmt: skip
     assert info["format"] == "qcow2" and "backing-filename" not in info
     assert manifest["disk_virtual_size"] == 64 * 1024**3
-    assert manifest["sha256"]["disk.qcow2"] == _sha256(image.disk)
+    assert manifest["sha256"]["disk.qcow2"] == sha256_file(image.disk)
     assert image.efivars.stat().st_size == OVMF[1].stat().st_size  # the store after the install, raw
     assert manifest["licence"] == {
         "evaluation": True,

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from vmtest.errors import ImageError
+from vmtest.images.digest import sha256_file
 from vmtest.images.keys import CLIENT_KEY_PATH, CLIENT_PUBLIC_KEY_PATH, make_client_key
 
 __all__ = [
@@ -349,14 +350,6 @@ def resolve_host_packages() -> dict[str, str]:
     return found
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _shared_libraries(binaries: Sequence[str]) -> list[str]:
     """List the shared libraries (and the dynamic loader) the binaries need, per ``ldd``."""
     libs: list[str] = []
@@ -377,12 +370,12 @@ def resolve_host_files() -> dict[str, str]:
             packages = " ".join(HOST_PACKAGES)
             raise ImageError(f"{path} is missing; reinstall with `apt-get install --reinstall {packages}`")
     files = [*binaries, *_shared_libraries([DROPBEAR, SFTP_SERVER])]
-    return {path: _sha256_file(Path(path)) for path in files}
+    return {path: sha256_file(Path(path)) for path in files}
 
 
 def _tree_digests(root: Path) -> dict[str, str]:
     return {
-        path.relative_to(root).as_posix(): _sha256_file(path)
+        path.relative_to(root).as_posix(): sha256_file(path)
         for path in sorted(root.rglob("*"))
         if path.is_file() and "__pycache__" not in path.parts
     }
@@ -401,7 +394,7 @@ def compute_key(
         "packages": dict(sorted(packages.items())),
         "host_files": dict(sorted(host_files.items())),
         "files": _tree_digests(files_dir),
-        "builder": _sha256_file(source),
+        "builder": sha256_file(source),
     }
     blob = json.dumps(material, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:KEY_LENGTH]

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import hashlib
 import json
 import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 from vmtest.errors import ImageError
+from vmtest.images.digest import sha256_file
 from vmtest.images.keys import CLIENT_KEY_PATH, CLIENT_PUBLIC_KEY_PATH
 from vmtest.images.windows11.answer_iso import DEBUG_PRINT_FILTER, READY_TASK
 from vmtest.images.windows11.host import SLOW, run
@@ -128,12 +127,12 @@ def _manifest(
             "client_public_key": CLIENT_PUBLIC_KEY_PATH if openssh else None,
             "host_public_key": HOST_PUBLIC_KEY_PATH if report.host_key else None,
         },
-        "sha256": {DISK_PATH: _sha256(work / DISK_PATH), EFIVARS_PATH: _sha256(work / EFIVARS_PATH)},
+        "sha256": {DISK_PATH: sha256_file(work / DISK_PATH), EFIVARS_PATH: sha256_file(work / EFIVARS_PATH)},
         "disk_virtual_size": virtual_size,
         "source_iso": {
             "name": options.iso.name,
             "size": options.iso.stat().st_size,
-            "sha256": _sha256(options.iso),
+            "sha256": sha256_file(options.iso),
         },
         "image_selection": {"key": key, "value": value},
         "windows": report.os_info,
@@ -156,7 +155,7 @@ def _manifest(
             if openssh is None
             else {
                 "zip": openssh.name,
-                "sha256": _sha256(openssh),
+                "sha256": sha256_file(openssh),
                 "start": options.sshd_start,
                 "shell": "cmd.exe",
             },
@@ -184,11 +183,3 @@ def _manifest(
         },
         "warnings": report.warnings,
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
