@@ -2,8 +2,9 @@
 
 Each case runs ``vmtest run`` as a child process and polls its ``/proc/<pid>/status`` until it exits;
 ``VmHWM`` there is the kernel's own high-water mark of the process's resident set, so polling cannot
-miss the peak. Cases: one scenario cold and warm, every default scenario, and every default scenario
-on two VMs (``-j 2``). Target: < 150 MB. Results go to ``bench/RESULTS.md``.
+miss the peak. Cases: one scenario cold and warm (twice: the first run makes the warm snapshot when
+there is none yet), every default scenario, and every default scenario on two VMs (``-j 2``).
+Target: < 150 MB. Results go to ``bench/RESULTS.md``.
 
 Run from the project root::
 
@@ -34,6 +35,11 @@ from warm_vs_cold import (
 TARGET_MB = 150.0
 CASES: dict[str, list[str]] = {
     "1 scenario, cold": ["--cold", "--scenario", "kmutex_contention"],
+    "1 scenario, warm, first (boots and saves the snapshot if the store has none)": [
+        "--warm",
+        "--scenario",
+        "kmutex_contention",
+    ],
     "1 scenario, warm": ["--warm", "--scenario", "kmutex_contention"],
     "9 scenarios, cold": ["--cold"],
     "9 scenarios, 2 VMs (-j 2), warm": ["--warm", "-j", "2"],

@@ -17,7 +17,6 @@ from vmtest.config.windows import Windows11GuestConfig
 from vmtest.drivers.lifecycle import DriverLifecycle
 from vmtest.drivers.linux import LinuxDriverLifecycle
 from vmtest.drivers.windows import WindowsDriverLifecycle
-from vmtest.guest.smb import SmbPsexecTransport
 from vmtest.guest.ssh import SshTransport
 from vmtest.guest.transport import Transport
 from vmtest.machine.ports import LOOPBACK
@@ -51,6 +50,8 @@ def guest_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int
         transport: Transport = SshTransport.for_guest(guest.ssh, forwards["ssh"], linux)
         return Guest(transport, LinuxDriverLifecycle(transport, run_id))
     if guest.transport == "smb":
+        from vmtest.guest.smb import SmbPsexecTransport  # here: smbprotocol takes ~60 ms to import
+
         password = guest.password.get_secret_value()
         transport = SmbPsexecTransport(LOOPBACK, guest.user, password, run_id=run_id, port=forwards["smb"])
     else:
