@@ -39,9 +39,9 @@ from typing import Any
 from vmtest.errors import ImageError
 from vmtest.images.digest import sha256_file
 from vmtest.images.keys import CLIENT_KEY_PATH, CLIENT_PUBLIC_KEY_PATH, make_client_key
+from vmtest.images.manifest import MANIFEST_NAME, read_json_manifest
 
 __all__ = [
-    "MANIFEST_NAME",
     "READY_MARKER",
     "LinuxImage",
     "build_linux_image",
@@ -56,7 +56,6 @@ logger = logging.getLogger(__name__)
 READY_MARKER = "VMTEST-GUEST-READY"
 """The line the guest's init prints on the serial console once SSH is listening."""
 
-MANIFEST_NAME = "image.json"
 MANIFEST_FORMAT = 1
 BUILD_COMMAND = "vmtest image build linux"
 
@@ -139,17 +138,10 @@ class LinuxImage:
 
 def read_manifest(root: Path) -> dict[str, Any]:
     """Return the parsed ``image.json`` of the image in ``root``; raise ImageError if absent or bad."""
-    path = root / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ImageError(
-            f"{root} is not a built Linux image (no {MANIFEST_NAME}); run `{BUILD_COMMAND}`"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read {path}: {exc}; run `{BUILD_COMMAND} --force`") from exc
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ImageError(f"{path} has an unknown format; run `{BUILD_COMMAND} --force`")
+    build = BUILD_COMMAND
+    data = read_json_manifest(root, what="Linux image", build=build, rebuild=f"{build} --force")
+    if data.get("format") != MANIFEST_FORMAT:
+        raise ImageError(f"{root / MANIFEST_NAME} has an unknown format; run `{build} --force`")
     return data
 
 

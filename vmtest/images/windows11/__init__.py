@@ -40,6 +40,7 @@ Modules, bottom up (each imports only those above it):
 * :mod:`~vmtest.images.windows11.command`: :func:`image_build_windows11_command`, the CLI's entry.
 """
 
+from vmtest.images.manifest import MANIFEST_NAME
 from vmtest.images.windows11.answer import (
     AnswerSettings,
     encode_password,
@@ -50,7 +51,7 @@ from vmtest.images.windows11.answer_iso import build_answer_iso, guest_settings
 from vmtest.images.windows11.build import build_windows_image
 from vmtest.images.windows11.command import image_build_windows11_command
 from vmtest.images.windows11.host import find_iso_tool
-from vmtest.images.windows11.image import MANIFEST_NAME, WindowsImage, find_windows_image
+from vmtest.images.windows11.image import WindowsImage, find_windows_image
 from vmtest.images.windows11.markers import MARKERS, Markers, ProvisionLog
 from vmtest.images.windows11.options import WindowsImageOptions
 from vmtest.images.windows11.plan import Deadlines, IsoEntry, WindowsImagePlan, plan_windows_image

@@ -7,7 +7,6 @@ build was given a folder; the manifest is what makes a folder an image, and says
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +14,11 @@ from typing import Any
 
 from vmtest.errors import ImageError
 from vmtest.images.linux import default_cache_root
+from vmtest.images.manifest import MANIFEST_NAME, read_json_manifest
 
 __all__ = [
     "IMAGE_KIND",
     "MANIFEST_FORMAT",
-    "MANIFEST_NAME",
     "WindowsImage",
     "find_windows_image",
     "read_manifest",
@@ -29,7 +28,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BUILD_COMMAND = "vmtest image build windows11"
-MANIFEST_NAME = "image.json"
 MANIFEST_FORMAT = 1
 IMAGE_KIND = "windows11"
 EXPIRY_WARNING_DAYS = 7
@@ -109,17 +107,11 @@ class WindowsImage:
 
 def read_manifest(root: Path) -> dict[str, Any]:
     """The parsed ``image.json`` of the Windows image in ``root``; ImageError if absent or not one."""
-    path = root / MANIFEST_NAME
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    data = read_json_manifest(root, what="Windows image", build=BUILD_COMMAND, rebuild=BUILD_COMMAND)
+    if data.get("format") != MANIFEST_FORMAT or data.get("kind") != IMAGE_KIND:
         raise ImageError(
-            f"{root} is not a built Windows image (no {MANIFEST_NAME}); run `{BUILD_COMMAND}`"
-        ) from None
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read {path}: {exc}; rebuild with `{BUILD_COMMAND}`") from exc
-    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT or data.get("kind") != IMAGE_KIND:
-        raise ImageError(f"{path} is not a Windows 11 image manifest of format {MANIFEST_FORMAT}")
+            f"{root / MANIFEST_NAME} is not a Windows 11 image manifest of format {MANIFEST_FORMAT}"
+        )
     return data
 
 

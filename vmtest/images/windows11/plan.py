@@ -22,9 +22,10 @@ from typing import Any
 from vmtest.config.models import MachineConfig, Timeouts
 from vmtest.config.windows import check_cpu_flag
 from vmtest.errors import ConfigError, ConfigProblem
+from vmtest.images.manifest import MANIFEST_NAME
 from vmtest.images.windows11.answer import AnswerSettings, windows_files_dir
 from vmtest.images.windows11.host import find_iso_tool, preflight
-from vmtest.images.windows11.image import MANIFEST_NAME, windows_dir
+from vmtest.images.windows11.image import windows_dir
 from vmtest.images.windows11.options import CRASH_DUMPS, WindowsImageOptions
 from vmtest.machine.machine import Machine
 from vmtest.machine.profiles.windows11 import (

@@ -17,9 +17,10 @@ from typing import Any
 from vmtest.errors import ImageError
 from vmtest.images.digest import sha256_file
 from vmtest.images.keys import CLIENT_KEY_PATH, CLIENT_PUBLIC_KEY_PATH
+from vmtest.images.manifest import MANIFEST_NAME
 from vmtest.images.windows11.answer_iso import DEBUG_PRINT_FILTER, READY_TASK
 from vmtest.images.windows11.host import SLOW, run
-from vmtest.images.windows11.image import IMAGE_KIND, MANIFEST_FORMAT, MANIFEST_NAME, WindowsImage
+from vmtest.images.windows11.image import IMAGE_KIND, MANIFEST_FORMAT, WindowsImage
 from vmtest.images.windows11.markers import MARKERS, ProvisionLog
 from vmtest.images.windows11.plan import DISK_PATH, GUEST_FOLDER, WindowsImagePlan
 from vmtest.machine.profiles.windows11 import KD_BAUD_RATE, KD_DEBUG_PORT, TPM_STATE
