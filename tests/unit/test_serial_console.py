@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from vmtest.capture.console import LinuxConsoleSource
+from vmtest.capture.source import Capture
 from vmtest.machine.console import SerialConsole
 
 
@@ -91,3 +93,26 @@ def test_closing_while_the_writer_runs_does_not_wait_for_it(tmp_path: Path) -> N
         return console.closed.is_set()
 
     assert asyncio.run(scenario())
+
+
+def test_stopping_the_capture_first_passes_on_what_was_already_written(tmp_path: Path) -> None:
+    """A panic: QEMU reports it over QMP right after the guest printed its last words into the file."""
+
+    async def scenario() -> str:
+        writer = Writer(tmp_path / "serial-console.log")
+        console = SerialConsole("console")
+        capture = Capture(tmp_path / "capture.log")
+        source = LinuxConsoleSource(console)
+        console.follow(writer.path, lambda: writer.alive)
+        await source.start(capture)
+        await console.caught_up()
+        writer.write(b"Kernel panic - not syncing: sysrq triggered crash\n")
+        await source.stop()  # at once, as the session does when the crash event arrives
+        writer.alive = False
+        await console.close()
+        capture.close()
+        return (tmp_path / "capture.log").read_text()
+
+    text = asyncio.run(scenario())
+    assert "console Kernel panic - not syncing: sysrq triggered crash" in text
+    assert "console *** panic: sysrq triggered crash" in text

@@ -6,6 +6,8 @@ this source turns lines into the capture stream and recognises panics and kernel
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 
@@ -13,6 +15,9 @@ from vmtest.capture.source import Capture, CaptureEvent, CaptureSource
 from vmtest.machine.console import SerialConsole
 
 __all__ = ["LinuxConsoleSource", "classify_kernel_line"]
+
+STOP_CATCH_UP = 2.0
+"""How long stopping waits for the console to read what was written before (it reads every 20 ms)."""
 
 _PANIC = re.compile(r"Kernel panic - not syncing: (?P<reason>.*)")
 _OOPS = re.compile(
@@ -62,6 +67,8 @@ class LinuxConsoleSource(CaptureSource):
             capture.add_event(CaptureEvent(now, self.name, "panic" if kind == "panic" else "oops", summary))
 
     async def stop(self) -> None:
-        """Stop following the console."""
+        """Stop following the console, once it has passed on what QEMU wrote so far (a panic's last words)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.console.caught_up(), STOP_CATCH_UP)
         self.console.remove_line_listener(self._line)
         self._capture = None
