@@ -24,6 +24,7 @@ from vmtest.errors import DeadlineExceeded, DriverError, GuestCrashed, InfraErro
 from vmtest.events.protocol import Event, ProtocolError, parse_line
 from vmtest.events.scenarios import DEFAULT_SCENARIOS
 from vmtest.guest.connect import Guest
+from vmtest.images.linux import default_cache_root
 from vmtest.machine.profiles.linux import LinuxProfile
 from vmtest.progress import Progress
 from vmtest.session import VmSession
@@ -162,7 +163,8 @@ def package_for(config: VmtestConfig, request: RunRequest, session: VmSession) -
     if package.is_dir() and (package / "Kbuild").is_file():
         if not isinstance(profile, LinuxProfile):
             raise DriverError(f"{package} is Linux module source, but the guest is not Linux")
-        return build_module(package, profile.image.headers, session.run_dir.path / "build" / package.name)
+        build_dir = session.run_dir.path / "build" / package.name
+        return build_module(package, profile.image.headers, build_dir, cache=default_cache_root() / "kbuild")
     return package
 
 
