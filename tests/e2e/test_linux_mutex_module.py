@@ -21,6 +21,7 @@ from vmtest.drivers.kbuild import build_module
 from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.errors import DriverError, GuestCrashed
 from vmtest.events.protocol import EVENT_KINDS, Event, parse_line
+from vmtest.events.scenarios import DEFAULT_SCENARIOS
 from vmtest.facade import BackgroundSession
 from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
@@ -33,15 +34,6 @@ THREADS = 3
 ITERATIONS = 200
 
 CONTENTION = ("kmutex_contention", "fast_mutex_contention", "grt_contention")
-NORMAL_SCENARIOS = (
-    *CONTENTION,
-    "kmutex_recursion",
-    "lock_order_consistent",
-    "irql_errors",
-    "grt_errors",
-    "to_owned",
-    "drop_safe_then_drop",
-)
 COUNTED = (*CONTENTION, "lock_order_consistent")
 
 REQUIRED_KEYS: dict[str, frozenset[str]] = {
@@ -387,7 +379,7 @@ def check_serial_log(kernel_lines: Sequence[str], serial: str) -> int:
 
 def test_normal_scenarios_report_a_consistent_run(booted: BootedGuest, deployed: DeployedDriver) -> None:
     drivers = booted.guest.drivers
-    parameters = {"scenarios": ",".join(NORMAL_SCENARIOS), "threads": THREADS, "iterations": ITERATIONS}
+    parameters = {"scenarios": ",".join(DEFAULT_SCENARIOS), "threads": THREADS, "iterations": ITERATIONS}
     started = time.monotonic()
     booted.call(drivers.load, deployed, parameters)
     load_seconds = time.monotonic() - started
@@ -395,7 +387,7 @@ def test_normal_scenarios_report_a_consistent_run(booted: BootedGuest, deployed:
     events = last_run(kernel_log)
     print(f"boot {booted.boot_seconds:.1f}s, load {load_seconds:.1f}s, {len(events)} events")
 
-    check_envelope(events, NORMAL_SCENARIOS)
+    check_envelope(events, DEFAULT_SCENARIOS)
     check_exclusion(events)
     for scenario in CONTENTION:
         check_contention(events, scenario, ["counter"])

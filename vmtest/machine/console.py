@@ -30,7 +30,6 @@ class SerialConsole:
 
     def __init__(self, role: str, tail_lines: int = 200) -> None:
         self.role = role
-        self.bytes_seen = 0
         self.closed = asyncio.Event()
         self._lines: deque[str] = deque(maxlen=tail_lines)
         self._partial = b""
@@ -45,7 +44,7 @@ class SerialConsole:
         """Start reading ``path`` from its beginning, until ``writer_alive()`` is false and it is read out."""
         file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the reading task)
         self._writer_alive = writer_alive
-        self._task = asyncio.create_task(self._follow(file, writer_alive), name=f"serial-{self.role}")
+        self._task = asyncio.create_task(self._follow(file), name=f"serial-{self.role}")
 
     async def caught_up(self) -> None:
         """Return once everything written to the port before this call is read and passed on as lines."""
@@ -81,14 +80,14 @@ class SerialConsole:
             lines.append(self._partial.decode(errors="replace"))
         return lines[-count:]
 
-    async def _follow(self, file: BinaryIO, writer_alive: Callable[[], bool]) -> None:
+    async def _follow(self, file: BinaryIO) -> None:
         try:
             while True:
                 if chunk := file.read(_READ_SIZE):
                     self._take(chunk)
                     await asyncio.sleep(0)  # let the rest of vmtest run during a long burst
                     continue
-                if not writer_alive():  # QEMU has exited, so what it wrote is all in the file: read it out
+                if not self._writer_alive():  # QEMU exited: all it wrote is in the file, read it out
                     while chunk := file.read(_READ_SIZE):
                         self._take(chunk)
                     break
@@ -108,7 +107,6 @@ class SerialConsole:
                 future.set_result(None)
 
     def _take(self, chunk: bytes) -> None:
-        self.bytes_seen += len(chunk)
         window = self._recent[-1024:] + chunk
         self._recent = (self._recent + chunk)[-_RECENT_BYTES:]
         for needle, future in list(self._waiters):
