@@ -25,6 +25,7 @@ __all__ = [
     "ConfigProblem",
     "DeadlineExceeded",
     "DriverError",
+    "EntryPointFailed",
     "GuestCommandFailed",
     "GuestCrashed",
     "GuestError",
@@ -192,3 +193,12 @@ class DriverError(VmtestError):
         self.code = code
         self.output = output
         super().__init__(message)
+
+
+class EntryPointFailed(DriverError):
+    """The driver's entry point (DriverEntry, a Linux module's init) returned an error while loading.
+
+    ``code`` is what the OS reported (a Win32 error such as 31 from ``sc start``, or a negative errno
+    from ``insmod``). Some test drivers fail their entry point by design, after printing their results
+    (``driver.expect_entry_failure``); for every other driver this is a load failure.
+    """
