@@ -5,12 +5,17 @@ and four parameters to the Hyper-V crash MSRs on a bugcheck, and QEMU reports th
 ``GUEST_PANICKED`` event: ``{"action": "pause", "info": {"type": "hyper-v", "arg1": code,
 "arg2".."arg5": parameters}}`` (QAPI ``GuestPanicInformationHyperV``; python-apis.md §2.3). Without
 Hyper-V support (or under TCG) no such event comes; a pvpanic driver gives a ``GUEST_PANICKED`` with no
-``info``, or a ``GUEST_CRASHLOADED`` once a crash dump is written, and neither carries the code.
+``info``, or a ``GUEST_CRASHLOADED``, and neither carries the code. ``GUEST_CRASHLOADED`` says that a dump
+*will* be written, not that it was: QEMU emits it for pvpanic's CRASH_LOADED bit, "a guest panic has
+happened and will be handled by the guest; the host should record it or report it, but should not affect
+the execution of the guest" (QEMU ``docs/specs/pvpanic.rst``; ``qapi/run-state.json`` GUEST_CRASHLOADED,
+https://www.qemu.org/docs/master/specs/pvpanic.html).
 
 The KD host (``vmtest.capture.kd``) sees the bugcheck banner, the driver Windows blamed and the loaded
 modules. :func:`merge_bugchecks` combines both views: QEMU's code and parameters win (read from the
 crash MSRs Windows wrote), the KD host adds the driver and modules, and a disagreement is noted.
-Stop-code names come from ``vmtest.verdict.stop_codes`` unless a ``name_for(code)`` callable is given.
+Stop-code names are not this layer's business: the caller passes ``name_for(code)`` (the stop-code table
+lives in ``vmtest.verdict.stop_codes``, above ``machine/``; ``known_stop_code_name`` there fits).
 """
 
 from __future__ import annotations
@@ -20,14 +25,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vmtest.verdict.stop_codes import stop_code_name
-
 __all__ = [
     "Bugcheck",
     "KdBugcheckLike",
     "QmpEventLike",
     "bugcheck_from_qmp_event",
-    "known_stop_code_name",
     "merge_bugchecks",
 ]
 
@@ -37,13 +39,12 @@ HYPERV_INFO = "hyper-v"
 _U64 = (1 << 64) - 1
 
 NameFor = Callable[[int], str | None]
-_UNKNOWN = "UNKNOWN_STOP_CODE"
 
 
-def known_stop_code_name(code: int) -> str | None:
-    """The name in vmtest's stop-code table (``_M`` for extended codes), or None if it is not there."""
-    name = stop_code_name(code)
-    return None if name == _UNKNOWN else name
+def _no_name(code: int) -> str | None:
+    """The default ``name_for``: no names (the caller knows the stop-code table, this layer does not)."""
+    del code
+    return None
 
 
 class QmpEventLike(Protocol):
@@ -89,8 +90,9 @@ class Bugcheck:
     """One guest crash: the stop code and parameters when known, and where the facts came from.
 
     ``code`` is None when only a pvpanic notification arrived (no code is carried). ``sources`` lists
-    ``"qmp"`` and/or ``"kd"``. ``dump_written`` is True for ``GUEST_CRASHLOADED`` (Windows wrote its
-    crash dump). ``notes`` explains gaps and disagreements in plain words.
+    ``"qmp"`` and/or ``"kd"``. ``dump_pending`` is True for ``GUEST_CRASHLOADED``: the guest announced that
+    it handles the crash itself (writes its dump); whether the dump was finished is not known from QEMU.
+    ``notes`` explains gaps and disagreements in plain words.
     """
 
     code: int | None
@@ -101,14 +103,14 @@ class Bugcheck:
     sources: tuple[str, ...] = ()
     event: str | None = None
     action: str | None = None
-    dump_written: bool = False
+    dump_pending: bool = False
     notes: tuple[str, ...] = ()
 
     @property
     def summary(self) -> str:
         """One line: ``stop code 0x000000D1 DRIVER_IRQL_NOT_LESS_OR_EQUAL (0x..., ...) in mydrv.sys``."""
         if self.code is None:
-            what = "crash dump written, stop code unknown" if self.dump_written else "stop code unknown"
+            what = "crash dump announced, stop code unknown" if self.dump_pending else "stop code unknown"
         else:
             what = f"stop code 0x{self.code:08X}"
         if self.name:
@@ -130,7 +132,7 @@ class Bugcheck:
             "sources": list(self.sources),
             "event": self.event,
             "action": self.action,
-            "dump_written": self.dump_written,
+            "dump_pending": self.dump_pending,
             "notes": list(self.notes),
         }
 
@@ -146,9 +148,7 @@ def _name(code: int | None, name_for: NameFor) -> str | None:
     return None if code is None else name_for(code)
 
 
-def bugcheck_from_qmp_event(
-    event: QmpEventLike, *, name_for: NameFor = known_stop_code_name
-) -> Bugcheck | None:
+def bugcheck_from_qmp_event(event: QmpEventLike, *, name_for: NameFor = _no_name) -> Bugcheck | None:
     """The bugcheck a ``GUEST_PANICKED`` or ``GUEST_CRASHLOADED`` event reports; None for other events."""
     data = event.data
     action = data.get("action")
@@ -159,8 +159,11 @@ def bugcheck_from_qmp_event(
             sources=("qmp",),
             event=event.name,
             action=action,
-            dump_written=True,
-            notes=("the guest wrote a crash dump (pvpanic); QEMU does not carry the stop code",),
+            dump_pending=True,
+            notes=(
+                "the guest announced it is handling the crash (pvpanic CRASH_LOADED): a dump will be "
+                "written, not that it was; QEMU does not carry the stop code",
+            ),
         )
     if event.name != PANIC_EVENT:
         return None
@@ -205,7 +208,7 @@ def bugcheck_from_qmp_event(
 
 
 def merge_bugchecks(
-    qmp: Bugcheck | None, kd: KdBugcheckLike | None, *, name_for: NameFor = known_stop_code_name
+    qmp: Bugcheck | None, kd: KdBugcheckLike | None, *, name_for: NameFor = _no_name
 ) -> Bugcheck | None:
     """One bugcheck from QEMU's report and the KD host's; None if neither saw one.
 
@@ -245,7 +248,7 @@ def merge_bugchecks(
         sources=("qmp", "kd"),
         event=qmp.event,
         action=qmp.action,
-        dump_written=qmp.dump_written,
+        dump_pending=qmp.dump_pending,
         notes=tuple(notes),
     )
 

@@ -1,6 +1,8 @@
 """Windows stop (bugcheck) codes a driver developer meets, with the meaning of their parameters.
 
-Names and parameters as Microsoft's "Bug check code reference" gives them. A code with the
+Names and parameters as Microsoft's "Bug check code reference" gives them
+(https://learn.microsoft.com/windows-hardware/drivers/debugger/bug-check-code-reference2, one page per
+code, ``.../debugger/bug-check-0x<code>--<name>``). A code with the
 ``0x10000000`` bit set is the same bugcheck raised with ``KeBugCheckEx`` extended flags (WinDbg's
 ``_M`` names, e.g. ``0x1000007E`` SYSTEM_THREAD_EXCEPTION_NOT_HANDLED_M).
 """
@@ -15,6 +17,7 @@ __all__ = [
     "STOP_CODES",
     "StopCode",
     "describe_stop",
+    "known_stop_code_name",
     "stop_code_by_name",
     "stop_code_name",
 ]
@@ -37,6 +40,17 @@ _ACCESS = (
     "operation (0 read, 1 write, 8 execute)",
     "address that referenced it",
 )
+# Bug Check 0xD1, parameter 3: "0 - Read, 1 - Write, 2 - Execute, 8 - Execute"
+# (bug-check-0xd1--driver-irql-not-less-or-equal).
+_DRIVER_ACCESS = (
+    "memory referenced",
+    "IRQL at the time of the reference",
+    "operation (0 read, 1 write, 2 or 8 execute)",
+    "address that referenced it",
+)
+# Bug Check 0x39 names the worker routine that returned still owning a mutex, and its work item
+# (bug-check-0x39--system-exit-owned-mutex); 0xE1, 0xE3, 0xE4, 0xEA as their pages list them.
+_WORKER = ("worker routine", "parameter passed to the worker routine", "work item", "")
 _EXCEPTION = ("exception code", "address of the exception", "parameter 0", "parameter 1")
 
 STOP_CODES: Mapping[int, StopCode] = {
@@ -49,12 +63,14 @@ STOP_CODES: Mapping[int, StopCode] = {
         ),
         StopCode(0x9, "IRQL_NOT_GREATER_OR_EQUAL"),
         StopCode(0xA, "IRQL_NOT_LESS_OR_EQUAL", _ACCESS),
+        StopCode(0xC, "MAXIMUM_WAIT_OBJECTS_EXCEEDED"),
         StopCode(0xD, "MUTEX_LEVEL_NUMBER_VIOLATION", ("current mutex level", "level to acquire", "", "")),
         StopCode(0x11, "THREAD_NOT_MUTEX_OWNER"),
         StopCode(0x19, "BAD_POOL_HEADER", ("violation type", "", "", "")),
         StopCode(0x1A, "MEMORY_MANAGEMENT", ("subtype", "", "", "")),
         StopCode(0x1E, "KMODE_EXCEPTION_NOT_HANDLED", _EXCEPTION),
         StopCode(0x20, "KERNEL_APC_PENDING_DURING_EXIT", ("APC address", "APC disable count", "IRQL", "")),
+        StopCode(0x39, "SYSTEM_EXIT_OWNED_MUTEX", _WORKER),
         StopCode(
             0x3B, "SYSTEM_SERVICE_EXCEPTION", ("exception code", "instruction address", "context record", "")
         ),
@@ -89,7 +105,7 @@ STOP_CODES: Mapping[int, StopCode] = {
             ("original thread", "new thread", "original thread's stack", ""),
         ),
         StopCode(0xBE, "ATTEMPTED_WRITE_TO_READONLY_MEMORY", ("virtual address", "PTE", "", "")),
-        StopCode(0xBF, "MUTEX_ALREADY_OWNED", ("mutex", "owning thread", "", "")),
+        StopCode(0xBF, "MUTEX_ALREADY_OWNED", ("mutex", "thread that tried to acquire it again", "", "")),
         StopCode(0xC1, "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION"),
         StopCode(0xC2, "BAD_POOL_CALLER", ("violation type", "", "", "")),
         StopCode(0xC4, "DRIVER_VERIFIER_DETECTED_VIOLATION", ("violation type", "", "", "")),
@@ -108,11 +124,27 @@ STOP_CODES: Mapping[int, StopCode] = {
             "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS",
             ("memory referenced", "operation", "address that referenced it", ""),
         ),
-        StopCode(0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL", _ACCESS),
+        StopCode(0xD1, "DRIVER_IRQL_NOT_LESS_OR_EQUAL", _DRIVER_ACCESS),
         StopCode(0xD3, "DRIVER_PORTION_MUST_BE_NONPAGED", _ACCESS),
         StopCode(0xD5, "DRIVER_PAGE_FAULT_IN_FREED_SPECIAL_POOL"),
         StopCode(0xD6, "DRIVER_PAGE_FAULT_BEYOND_END_OF_ALLOCATION"),
+        StopCode(
+            0xE1,
+            "WORKER_THREAD_RETURNED_AT_BAD_IRQL",
+            ("worker routine", "IRQL it returned at", "work item parameter", "work item"),
+        ),
         StopCode(0xE2, "MANUALLY_INITIATED_CRASH"),
+        StopCode(0xE3, "RESOURCE_NOT_OWNED", ("resource", "thread", "owner table (if any)", "")),
+        StopCode(
+            0xE4,
+            "WORKER_INVALID",
+            ("code position", "work item", "start of the pool block", "end of the pool block"),
+        ),
+        StopCode(
+            0xEA,
+            "THREAD_STUCK_IN_DEVICE_DRIVER",
+            ("stuck thread", "DEFERRED_WATCHDOG object", "driver name", "times 0xEA was hit"),
+        ),
         StopCode(0xEF, "CRITICAL_PROCESS_DIED", ("process", "", "", "")),
         StopCode(0xF4, "CRITICAL_OBJECT_TERMINATION"),
         StopCode(0xF7, "DRIVER_OVERRAN_STACK_BUFFER"),
@@ -161,6 +193,11 @@ def stop_code_name(code: int) -> str:
     if row is None:
         return "UNKNOWN_STOP_CODE"
     return row.name + ("_M" if code & _EXTENDED else "")
+
+
+def known_stop_code_name(code: int) -> str | None:
+    """The name in this table (``_M`` for extended codes), or None if the code is not in it."""
+    return None if STOP_CODES.get(code & ~_EXTENDED) is None else stop_code_name(code)
 
 
 def stop_code_by_name(name: str) -> int | None:

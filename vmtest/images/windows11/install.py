@@ -31,6 +31,7 @@ from vmtest.machine.machine import Machine
 from vmtest.machine.process import find_qemu
 from vmtest.machine.profiles.windows11 import Windows11InstallerProfile
 from vmtest.progress import Progress
+from vmtest.verdict.stop_codes import known_stop_code_name
 
 __all__ = ["install_windows"]
 
@@ -131,7 +132,8 @@ async def install_windows(plan: WindowsImagePlan, progress: Progress) -> tuple[P
             await _wait_for_poweroff(machine, min(plan.deadlines.poweroff, max(deadline - loop.time(), 1.0)))
     except GuestCrashed as error:
         event = machine.crash
-        bugcheck = bugcheck_from_qmp_event(event) if event is not None else None
+        named = known_stop_code_name
+        bugcheck = bugcheck_from_qmp_event(event, name_for=named) if event is not None else None
         shot = await machine.screenshot("bugcheck")
         summary = bugcheck.summary if bugcheck is not None else str(error)
         raise ImageError(
