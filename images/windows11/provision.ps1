@@ -84,10 +84,13 @@ if ($settings.kernel_debug.enabled) {
     } })
 }
 
-[void]$steps.Add(@{ Name = 'show every DbgPrint level (Debug Print Filter DEFAULT)'; Soft = $false; Action = {
-    # §2.8, §4.1: DbgPrint is component DEFAULT, level INFO (0x8); read at boot.
-    Set-RegistryValue 'HKLM:\SYSTEM\CurrentControlSet\Control\Session Manager\Debug Print Filter' `
-        'DEFAULT' ([int]$settings.debug_print_filter)
+[void]$steps.Add(@{ Name = 'show every DbgPrint level (Debug Print Filter DEFAULT, IHVDRIVER)'; Soft = $false; Action = {
+    # §2.8, §4.1: DbgPrint is component DEFAULT, DbgPrintEx(DPFLTR_IHVDRIVER_ID, ...) component IHVDRIVER;
+    # one value per component, read at boot ("Reading and Filtering Debugging Messages", Microsoft Learn).
+    foreach ($component in $settings.debug_print_filter.PSObject.Properties) {
+        Set-RegistryValue 'HKLM:\SYSTEM\CurrentControlSet\Control\Session Manager\Debug Print Filter' `
+            $component.Name ([int]$component.Value)
+    }
 } })
 
 [void]$steps.Add(@{ Name = 'crash dump settings'; Soft = $false; Action = {

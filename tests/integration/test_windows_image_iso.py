@@ -378,7 +378,7 @@ def test_a_build_seals_an_image_with_its_metadata(tmp_path: Path) -> None:
         "source": "the guest (SoftwareLicensingProduct.GracePeriodRemaining)",
     }
     assert manifest["configured"]["kernel_debugging"]["port"] == "COM1"
-    assert manifest["configured"]["debug_print_filter"] == {"DEFAULT": 15}
+    assert manifest["configured"]["debug_print_filter"] == {"DEFAULT": 15, "IHVDRIVER": 15}
     assert manifest["warnings"] == ["Defender real-time scanning off: Tamper Protection"]
     assert manifest["windows"]["build"] == "26100" and manifest["user"] == "vmtest"
     for secret in (PASSWORD.encode(), encode_password(PASSWORD, "Password").encode()):

@@ -319,10 +319,18 @@ def test_the_image_name_is_escaped_too() -> None:
     assert text(setup, "u:ImageInstall/u:OSImage/u:InstallFrom/u:MetaData/u:Value") == name
 
 
-@pytest.mark.parametrize("user", ["a<b", "x" * 21, "a@b", "...", "tab\there"])
+@pytest.mark.parametrize("user", ["a<b", "x" * 21, "a@b", "...", "tab\there", "50%", "NONE"])
 def test_user_names_windows_refuses_are_refused(user: str) -> None:
+    # The unattend reference for LocalAccount/Name: no "/[]:|<>+=;,?*%@, and NONE is restricted.
     with pytest.raises(ConfigError, match="user"):
         AnswerSettings(user=user)
+
+
+@pytest.mark.parametrize(("user", "computer"), [("build-7", "BUILD-7"), ("VMTEST-WIN11", "VMTEST-WIN11")])
+def test_a_user_named_like_the_computer_is_refused(user: str, computer: str) -> None:
+    with pytest.raises(ConfigError, match="computer's name too"):
+        AnswerSettings(user=user, computer_name=computer)
+    AnswerSettings(user=user + "x", computer_name=computer)
 
 
 def test_characters_xml_cannot_carry_are_refused() -> None:
@@ -366,7 +374,8 @@ def test_settings_for_the_scripts_hold_the_markers_and_no_secret(tmp_path: Path)
     assert settings["markers"]["ready"] == "VMTEST-GUEST-READY"
     assert settings["markers"]["done"] == MARKERS.done
     assert settings["kernel_debug"] == {"enabled": False, "debugport": 1, "baudrate": 115200}
-    assert settings["debug_print_filter"] == 0xF
+    # DbgPrintEx(DPFLTR_IHVDRIVER_ID, INFO) is filtered unless IHVDRIVER is opened too (issue 17.7).
+    assert settings["debug_print_filter"] == {"DEFAULT": 0xF, "IHVDRIVER": 0xF}
     assert settings["openssh"]["enabled"] is True
     assert settings["openssh"]["authorized_key"] == "ssh-ed25519 AAAA vmtest-client"
     assert "password" not in json.dumps(settings).lower()

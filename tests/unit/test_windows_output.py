@@ -247,3 +247,22 @@ def test_inf_without_models_has_no_hardware_ids() -> None:
     )
     assert info.service_names == ("Legacy",)
     assert info.root_hardware_ids == ()
+
+
+def test_inf_string_tokens_are_expanded_from_the_strings_section() -> None:
+    # Microsoft Learn, "INF Strings Section": %strkey% tokens, case-insensitive keys, %% is a literal %.
+    info = parse_inf(
+        "[Manufacturer]\r\n%Mfg% = Models, NTamd64\r\n"
+        "[Models.NTamd64]\r\n%DeviceDesc% = Install, %HWID%\r\n"
+        "[Install.NTamd64.Services]\r\nAddService = %ServiceName%, 0x00000002, Svc\r\n"
+        "[Svc]\r\nServiceBinary = %13%\\mutex.sys\r\n"
+        '[Strings]\r\nMfg = "vmtest"\r\nhwid = "root\\MUTEX_TESTS"\r\nSERVICENAME = "mutex_tests"\r\n'
+        'DeviceDesc = "100%% a ""mutex"" device"\r\n'
+    )
+    assert info.hardware_ids == ("root\\MUTEX_TESTS",)
+    assert info.service_names == ("mutex_tests",)
+
+
+def test_an_unknown_string_token_stays_as_written() -> None:
+    info = parse_inf("[Install.Services]\r\nAddService = %NoSuchKey%, 2, Svc\r\n")
+    assert info.service_names == ("%NoSuchKey%",)

@@ -31,8 +31,12 @@ DEFAULT_OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 DEFAULT_OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 """Its empty variable store (Secure Boot off), the template every new guest starts from."""
 
-# Characters Windows refuses in a local account name; at most 20 characters, not only dots/spaces.
-_BAD_USER_CHARACTERS = frozenset('"/\\[]:;|=,+*?<>@')
+# Characters Windows refuses in a local account name; at most 20 characters, not only dots/spaces. The
+# unattend reference for LocalAccount/Name lists "/[]:|<>+=;,?*%@ and the restricted name NONE
+# (https://learn.microsoft.com/windows-hardware/customize/desktop/unattend/
+# microsoft-windows-shell-setup-useraccounts-localaccounts-localaccount-name).
+_BAD_USER_CHARACTERS = frozenset('"/\\[]:;|=,+*?<>@%')
+_RESTRICTED_USER_NAMES = frozenset({"none"})
 _MAX_USER_LENGTH = 20
 # One QEMU CPU property: a name and an optional value, never a comma (it would add another property).
 _CPU_FLAG = re.compile(r"^[+-]?[A-Za-z0-9_.-]+(=[A-Za-z0-9_.:-]+)?$")
@@ -50,6 +54,8 @@ def check_windows_user_name(name: str) -> str:
         raise ValueError("a Windows user name cannot contain control characters")
     if not name.strip(". "):
         raise ValueError("a Windows user name cannot consist of dots and spaces only")
+    if name.lower() in _RESTRICTED_USER_NAMES:
+        raise ValueError(f"{name!r} is a restricted Windows user name")
     return name
 
 

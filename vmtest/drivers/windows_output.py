@@ -380,9 +380,51 @@ def _models_sections(lines: list[str]) -> set[str]:
     return names
 
 
+# INF Strings section (https://learn.microsoft.com/windows-hardware/drivers/install/inf-strings-section):
+# "%strkey%" tokens anywhere in the INF are replaced by the value of strkey in [Strings] (or a
+# [Strings.<LanguageID>] section); keys are case-insensitive; "%%" stands for one literal percent sign.
+# Tokens that name no string (DIRIDs such as %13%) stay as written.
+_STRING_TOKEN = re.compile(r"%([^%\s]*)%")
+
+
+def _strings(lines: list[str]) -> dict[str, str]:
+    """The [Strings] section's keys (lower-cased) and values; the plain section wins over a localised one."""
+    plain: dict[str, str] = {}
+    localised: dict[str, str] = {}
+    target: dict[str, str] | None = None
+    for line in lines:
+        header = _INF_SECTION.match(line)
+        if header is not None:
+            name = header["name"].strip().lower()
+            target = plain if name == "strings" else localised if name.startswith("strings.") else None
+            continue
+        directive = _INF_DIRECTIVE.match(line)
+        if target is not None and directive is not None:
+            value = directive["value"].strip()
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1].replace('""', '"')
+            target.setdefault(directive["key"].strip().lower(), value)
+    return {**localised, **plain}
+
+
+def _expand(value: str, strings: dict[str, str]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        key = match[1]
+        if not key:
+            return "%"
+        return strings.get(key.lower(), match[0])
+
+    return _STRING_TOKEN.sub(replace, value)
+
+
 def parse_inf(text: str) -> InfInfo:
-    """Collect the AddService names and the models' hardware ids of an INF (or INX) file."""
-    lines = [_strip_inf_comment(line) for line in text.splitlines()]
+    """Collect the AddService names and the models' hardware ids of an INF (or INX) file.
+
+    ``%strkey%`` tokens are expanded from the [Strings] section first.
+    """
+    raw = [_strip_inf_comment(line) for line in text.splitlines()]
+    strings = _strings(raw)
+    lines = [line if _INF_SECTION.match(line) else _expand(line, strings) for line in raw]
     models = _models_sections(lines)
     services: list[str] = []
     hardware_ids: list[str] = []

@@ -80,6 +80,14 @@ class AnswerSettings:
             problems.append(
                 f"computer name {self.computer_name!r}: 1-15 letters, digits or '-', not only digits"
             )
+        # Windows keeps users and the computer in one account namespace: OOBE refuses a user named like
+        # the computer ("The user name can't be the same as the computer name"; a guess from field
+        # reports, no Microsoft page states it), and setup would stop at that screen, unattended.
+        if self.user.casefold() == self.computer_name.casefold():
+            problems.append(
+                f"user {self.user!r} is the computer's name too: Windows refuses a user named like the "
+                "computer; choose another user or computer name"
+            )
         if self.image_name is not None and self.image_index is not None:
             problems.append("choose the Windows edition by name or by index, not both")
         if self.image_name is not None and not self.image_name.strip():

@@ -37,7 +37,13 @@ ISO_LABEL = "VMTEST_ANSWER"
 # What the provisioning sets up in the guest.
 READY_TASK = "vmtest-ready"
 READY_WAIT = 300
-DEBUG_PRINT_FILTER = 0xF  # every DbgPrint level of component DEFAULT (§2.8, §4.1)
+# Every DbgPrint level (mask 0xF) of the components test drivers print with: DEFAULT (DbgPrint, the wdk
+# crate's println!) and IHVDRIVER (DbgPrintEx(DPFLTR_IHVDRIVER_ID, ...), the id Microsoft tells driver
+# writers to use; its INFO level is filtered out by default). The "Debug Print Filter" key takes one
+# value per component, named as the component id without DPFLTR_ and _ID ("Reading and Filtering
+# Debugging Messages", https://learn.microsoft.com/windows-hardware/drivers/devtest/
+# reading-and-filtering-debugging-messages; windows11-vm.md §2.8, §4.1).
+DEBUG_PRINT_FILTER: dict[str, int] = {"DEFAULT": 0xF, "IHVDRIVER": 0xF}
 
 
 def guest_settings(options: WindowsImageOptions, authorized_key: str | None) -> dict[str, Any]:
@@ -52,7 +58,7 @@ def guest_settings(options: WindowsImageOptions, authorized_key: str | None) -> 
             "debugport": KD_DEBUG_PORT,
             "baudrate": KD_BAUD_RATE,
         },
-        "debug_print_filter": DEBUG_PRINT_FILTER,
+        "debug_print_filter": dict(DEBUG_PRINT_FILTER),
         "crash_dump": {"type": dump_type, "filter_pages": filter_pages, "auto_reboot": 0},
         "openssh": {
             "enabled": options.openssh_zip is not None,

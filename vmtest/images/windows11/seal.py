@@ -151,7 +151,7 @@ def _manifest(
                 "debugport": KD_DEBUG_PORT,
                 "baudrate": KD_BAUD_RATE,
             },
-            "debug_print_filter": {"DEFAULT": DEBUG_PRINT_FILTER},
+            "debug_print_filter": dict(DEBUG_PRINT_FILTER),
             "openssh": None
             if openssh is None
             else {
