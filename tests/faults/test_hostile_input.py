@@ -304,12 +304,15 @@ def test_broken_linux_package_gives_a_clear_message(
 
 
 def pe_image(machine: int) -> bytes:
-    """A minimal PE header (MZ, e_lfanew, PE signature, COFF machine) for ``machine``."""
+    """A minimal PE header (MZ, e_lfanew, PE signature, COFF machine) for ``machine``, PE32+ with an empty
+    security directory (no embedded signature)."""
     image = bytearray(1024)
     image[:2] = b"MZ"
     struct.pack_into("<I", image, 0x3C, 0x80)
     image[0x80:0x84] = b"PE\0\0"
     struct.pack_into("<H", image, 0x84, machine)
+    struct.pack_into("<H", image, 0x80 + 24, 0x20B)  # PE32+ optional header
+    struct.pack_into("<I", image, 0x80 + 24 + 108, 16)  # NumberOfRvaAndSizes; entry 4 left empty
     return bytes(image)
 
 
@@ -320,7 +323,7 @@ def pe_image(machine: int) -> bytes:
         ("a PE built for ARM64", pe_image(0xAA64), "ARM64"),
         ("a text file named .sys", b"not a driver\r\n", "not a PE image"),
         ("an ELF file named .sys", b"\x7fELF\x02\x01\x01" + bytes(57), "not a PE image"),
-        ("an unsigned x64 driver", pe_image(0x8664), "unsigned"),
+        ("an unsigned x64 driver", pe_image(0x8664), "carries no signature"),
     ],
 )
 def test_broken_windows_package_gives_a_clear_message(
@@ -329,7 +332,7 @@ def test_broken_windows_package_gives_a_clear_message(
     row = record(
         f"broken Windows driver package: {case}",
         "deploy and load through the Windows lifecycle against the scripted guest of the unit tests, which"
-        " answers with documented output (`sc start` of an unsigned driver: `[SC] StartService FAILED 577`)",
+        " answers with documented output; the .sys's PE security directory is read before copying",
         f"DriverError whose message says so (`{expected}`)",
     )
     package = tmp_path / "package"

@@ -7,14 +7,20 @@ ends up with, and what the developer is told.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from vmtest.drivers.windows import WindowsDeployedDriver, WindowsDriverLifecycle, find_driver_package
-from vmtest.errors import DriverError, GuestCommandFailed
+from vmtest.drivers.windows import (
+    WindowsDeployedDriver,
+    WindowsDriverLifecycle,
+    find_driver_package,
+    has_embedded_signature,
+)
+from vmtest.errors import DriverError, EntryPointFailed, GuestCommandFailed
 from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "windows"
@@ -30,8 +36,13 @@ def sample(name: str) -> bytes:
 class FakeWindows(Transport):
     """A scripted Windows guest. ``start`` picks what the driver does when started:
 
-    ``running``; ``577`` (refused: signature); ``fails`` (DriverEntry fails: STOPPED with exit code 31);
-    ``pending`` (DriverEntry never returns). ``unload`` is ``ok`` or ``1052`` (no unload routine).
+    ``running``; ``577`` (refused: signature); ``fails`` (DriverEntry returns STATUS_UNSUCCESSFUL: sc start
+    itself fails with 31, tests/data/windows/sc_start_failed_31.txt); ``pending`` (DriverEntry never
+    returns). ``unload`` is ``ok`` or ``1052`` (no unload routine).
+
+    INF mode: ``devgen`` adds a device; ``pnputil /add-driver /install`` stages the package and installs it
+    on a device that exists (the service appears ``service_delay`` queries later), else exits 259
+    (ERROR_NO_MORE_ITEMS, "PnPUtil return values").
     """
 
     testsigning: str = "yes"
@@ -45,6 +56,9 @@ class FakeWindows(Transport):
     trusted: list[tuple[str, str]] = field(default_factory=list)
     staged: list[str] = field(default_factory=list)
     devices: int = 0
+    service_delay: int = 0
+    calls: list[str] = field(default_factory=list)
+    _pending_service: int | None = None
 
     def wait_ready(self, timeout: float) -> None:
         pass
@@ -71,6 +85,7 @@ class FakeWindows(Transport):
 
     def _answer(self, argv: list[str]) -> tuple[int, bytes]:
         program = argv[0].lower()
+        self.calls.append(program.rsplit("\\", 1)[-1])
         if program == "bcdedit":
             variant = {"yes": "testsigning_yes", "no": "testsigning_no", "absent": "without_testsigning"}
             return 0, sample(f"bcdedit_enum_current_{variant[self.testsigning]}.txt")
@@ -84,10 +99,13 @@ class FakeWindows(Transport):
             return 0, b"The operation completed successfully.\r\n\r\n"
         if program == "pnputil.exe":
             self.staged.append(argv[2])
+            if not self.devices:
+                return 259, b""
+            if self.inf_service not in self.services:
+                self._pending_service = self.service_delay
             return 0, b""
         if program.endswith("devgen.exe"):
             self.devices += 1
-            self.services[self.inf_service] = "RUNNING"
             return 0, b""
         if program == "sc.exe":
             return getattr(self, f"_sc_{argv[1]}")(argv[2])  # type: ignore[no-any-return]
@@ -115,12 +133,18 @@ class FakeWindows(Transport):
             return 1056, sample("sc_start_failed_1056.txt")
         if self.start == "577":
             return 577, sample("sc_start_failed_577.txt")
-        self.services[name] = {"running": "RUNNING", "fails": "FAILED", "pending": "START_PENDING"}[
-            self.start
-        ]
+        if self.start == "fails":
+            return 31, sample("sc_start_failed_31.txt")
+        self.services[name] = {"running": "RUNNING", "pending": "START_PENDING"}[self.start]
         return 0, sample("sc_start_running.txt" if self.start == "running" else "sc_query_start_pending.txt")
 
     def _sc_query(self, name: str) -> tuple[int, bytes]:
+        if name == self.inf_service and self._pending_service is not None:
+            if self._pending_service == 0:
+                self.services[name] = "RUNNING"
+                self._pending_service = None
+            else:
+                self._pending_service -= 1
         files = {
             "RUNNING": "sc_query_running.txt",
             "STOPPED": "sc_query_stopped.txt",
@@ -276,13 +300,23 @@ def test_a_service_left_by_an_earlier_run_is_replaced(package: Path) -> None:
     assert guest.services == {NAME: "RUNNING"}
 
 
-def test_stopped_right_after_start_means_driverentry_failed(package: Path) -> None:
+def test_a_failing_driverentry_fails_sc_start_itself(package: Path) -> None:
+    # A legacy service's DriverEntry runs inside StartService: STATUS_UNSUCCESSFUL comes back as
+    # "[SC] StartService FAILED 31:" (crvvdev/MasterHide issue #10), not as START_PENDING then STOPPED.
     guest = FakeWindows(start="fails")
     windows = lifecycle(guest)
-    with pytest.raises(DriverError, match="DriverEntry failed") as caught:
+    with pytest.raises(EntryPointFailed, match="DriverEntry returned an error") as caught:
         windows.load(windows.deploy(package), {})
-    assert "WIN32_EXIT_CODE 31" in str(caught.value)
     assert caught.value.code == 31
+    assert "A device attached to the system is not functioning." in str(caught.value)
+    assert "[SC] StartService FAILED 31:" in caught.value.output
+
+
+def test_a_start_refused_before_driverentry_is_not_an_entry_point_failure(package: Path) -> None:
+    windows = lifecycle(FakeWindows(start="577"))
+    with pytest.raises(DriverError) as caught:
+        windows.load(windows.deploy(package), {})
+    assert not isinstance(caught.value, EntryPointFailed)
 
 
 def test_start_pending_past_the_deadline_is_an_error(package: Path) -> None:
@@ -361,10 +395,15 @@ def test_inf_mode_can_be_turned_off(inf_package: Path) -> None:
 
 
 def test_inf_mode_with_devgen_installs_and_starts_the_device(inf_package: Path) -> None:
-    guest = FakeWindows()
+    guest = FakeWindows(service_delay=3)
     windows = lifecycle(guest, devgen=r"C:\tools\devgen.exe")
     driver = windows.deploy(inf_package)
+    guest.calls.clear()
     windows.load(driver, {"Iterations": 3})
+    # Microsoft's samples: the device first (devgen), then pnputil /install; the parameters before both,
+    # and the service polled for until the device install created it.
+    assert guest.calls[:4] == ["reg", "sc.exe", "devgen.exe", "pnputil.exe"]
+    assert guest.calls[4:] == ["sc.exe"] * 4 + ["sc.exe"]  # 3 x 1060, then RUNNING; then the state wait
     assert guest.staged == [rf"{RUN_DIR}\{NAME}.inf"]
     assert guest.services == {"SampleDriverService": "RUNNING"}
     assert (
@@ -388,8 +427,78 @@ def test_inf_mode_loads_again_without_a_second_device(inf_package: Path) -> None
 
 
 def test_inf_mode_without_a_device_explains_devgen(inf_package: Path) -> None:
+    # pnputil /add-driver /install exits 259 (ERROR_NO_MORE_ITEMS) when no device matches: staged only.
     guest = FakeWindows()
     windows = lifecycle(guest)
     with pytest.raises(DriverError, match="devgen") as caught:
         windows.load(windows.deploy(inf_package), {})
-    assert r"root\SAMPLE_WDM_HW_ID" in str(caught.value)
+    assert r"root\SAMPLE_WDM_HW_ID" in str(caught.value) and "259" in str(caught.value)
+    assert caught.value.code == 259
+    assert guest.staged == [rf"{RUN_DIR}\{NAME}.inf"]
+
+
+def test_inf_mode_gives_up_on_a_service_that_never_appears(inf_package: Path) -> None:
+    guest = FakeWindows(inf_service="SomethingElse")
+    windows = WindowsDriverLifecycle(
+        guest, "run1", devgen=r"C:\tools\devgen.exe", service_timeout=0.05, poll_interval=0.01
+    )
+    with pytest.raises(DriverError, match=r"created no SampleDriverService service within 0\.05 s"):
+        windows.load(windows.deploy(inf_package), {})
+
+
+# ------------------------------------------------------------------------------------------ signature
+
+
+def pe_image(*, plus: bool = True, security: tuple[int, int] = (0, 0), directories: int = 16) -> bytes:
+    """A PE header built byte by byte (PE Format, Microsoft Learn): MZ, e_lfanew, "PE\\0\\0", the COFF
+    header (machine x64), the optional header's magic, NumberOfRvaAndSizes and the data directories
+    (entry 4, IMAGE_DIRECTORY_ENTRY_SECURITY, holds the Authenticode certificate table)."""
+    image = bytearray(1024)
+    image[:2] = b"MZ"
+    struct.pack_into("<I", image, 0x3C, 0x80)
+    image[0x80:0x84] = b"PE\0\0"
+    struct.pack_into("<H", image, 0x84, 0x8664)
+    optional = 0x80 + 24
+    struct.pack_into("<H", image, optional, 0x20B if plus else 0x10B)
+    count_at, directories_at = (108, 112) if plus else (92, 96)
+    struct.pack_into("<I", image, optional + count_at, directories)
+    struct.pack_into("<II", image, optional + directories_at + 8 * 4, *security)
+    return bytes(image)
+
+
+@pytest.mark.parametrize("plus", [True, False])
+def test_the_security_directory_tells_a_signed_sys_from_an_unsigned_one(tmp_path: Path, plus: bool) -> None:
+    sys_file = tmp_path / "driver.sys"
+    sys_file.write_bytes(pe_image(plus=plus, security=(0x600, 0x2A0)))
+    assert has_embedded_signature(sys_file) is True
+    sys_file.write_bytes(pe_image(plus=plus))
+    assert has_embedded_signature(sys_file) is False
+    sys_file.write_bytes(pe_image(plus=plus, security=(0x600, 0x2A0), directories=4))
+    assert has_embedded_signature(sys_file) is False  # the table stops before entry 4
+    sys_file.write_bytes(b"MZ" + bytes(100))
+    assert has_embedded_signature(sys_file) is None
+
+
+def test_an_unsigned_sys_is_refused_before_anything_is_copied(package: Path) -> None:
+    (package / f"{NAME}.sys").write_bytes(pe_image())
+    guest = FakeWindows()
+    with pytest.raises(DriverError, match=r"this \.sys carries no signature") as caught:
+        lifecycle(guest).deploy(package)
+    assert "unsigned" in str(caught.value)
+    assert guest.files == {} and guest.calls == []
+
+
+def test_an_unsigned_sys_loads_when_asked_and_a_signed_one_always(package: Path) -> None:
+    (package / f"{NAME}.sys").write_bytes(pe_image())
+    guest = FakeWindows()
+    lifecycle(guest, require_signature=False).deploy(package)
+    assert guest.files
+    (package / f"{NAME}.sys").write_bytes(pe_image(security=(0x600, 0x2A0)))
+    lifecycle(FakeWindows()).deploy(package)
+
+
+def test_a_catalog_signs_the_sys_of_an_inf_package(inf_package: Path) -> None:
+    (inf_package / f"{NAME}.sys").write_bytes(pe_image())
+    guest = FakeWindows()
+    lifecycle(guest).deploy(inf_package)
+    assert guest.files

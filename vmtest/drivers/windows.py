@@ -6,16 +6,19 @@ Two ways to load, chosen per package:
   start= demand binPath= C:\vmtest\<run>\NAME.sys``, parameters into the service's ``Parameters`` key,
   ``sc start``, then ``sc query`` until RUNNING or STOPPED.
 * **INF mode**: for a package whose INF installs a root-enumerated device (a ``root\...`` hardware id),
-  or when the constructor says so. ``pnputil /add-driver INF /install`` stages the package; the service is
-  the INF's ``AddService`` name. A root-enumerated driver only loads once its device exists; the
-  documented way to create one is the WDK's ``devgen.exe``: pass ``devgen=`` (its guest path) and vmtest
-  runs ``devgen /add /hardwareid root\...`` after writing the parameters, when the service does not
-  exist yet (so loading again does not add a second device). Without it, the device must already exist
-  in the image. A stopped service is started with ``sc start``. INF mode leaves the driver-store
-  package, the device and its service in the guest (restore the VM snapshot to undo them); ``remove``
-  deletes the run's files only.
+  or when the constructor says so. The service is the INF's ``AddService`` name. A root-enumerated
+  driver only loads once its device exists; the documented way to create one is the WDK's
+  ``devgen.exe``: pass ``devgen=`` (its guest path). In Microsoft's order, vmtest writes the parameters,
+  runs ``devgen /add /hardwareid root\...`` when the service does not exist yet (so loading again does
+  not add a second device), then ``pnputil /add-driver INF /install`` (exit status 259: "staged, no
+  device matched"), then waits, with a deadline, for the service the device install creates. Without
+  devgen the device must already exist in the image. A stopped service is started with ``sc start``.
+  INF mode leaves the driver-store package, the device and its service in the guest (restore the VM
+  snapshot to undo them); ``remove`` deletes the run's files only.
 
-Every ``[SC] <API> FAILED <n>:`` becomes ``DriverError(<advice from SC_ERRORS>, code=n, output=<raw>)``.
+Every ``[SC] <API> FAILED <n>:`` becomes ``DriverError(<advice from SC_ERRORS>, code=n, output=<raw>)``;
+a DriverEntry that fails inside ``sc start`` (``[SC] StartService FAILED 31:``) becomes
+:class:`~vmtest.errors.EntryPointFailed`.
 Output vmtest cannot make sense of, or a tool that cannot run at all, is the machinery's problem and
 raises a :class:`GuestError` instead.
 """
@@ -43,10 +46,17 @@ from vmtest.drivers.windows_output import (
     parse_sc_failure,
     parse_sc_query,
 )
-from vmtest.errors import DriverError, GuestCommandFailed, GuestError
+from vmtest.errors import DriverError, EntryPointFailed, GuestCommandFailed, GuestError
 from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
 
-__all__ = ["DriverPackage", "WindowsDeployedDriver", "WindowsDriverLifecycle", "find_driver_package"]
+__all__ = [
+    "ENTRY_POINT_FAILURES",
+    "DriverPackage",
+    "WindowsDeployedDriver",
+    "WindowsDriverLifecycle",
+    "find_driver_package",
+    "has_embedded_signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +65,22 @@ _CERT_STORES: tuple[commands.CertStore, ...] = ("Root", "TrustedPublisher")
 _NO_SERVICE = 1060
 _NOT_RUNNING = 1062
 _ALREADY_RUNNING = 1056
-_PNPUTIL_OK = frozenset({0, 3010})  # 3010 = ERROR_SUCCESS_REBOOT_REQUIRED
+# "PnPUtil return values" (https://learn.microsoft.com/windows-hardware/drivers/devtest/pnputil-return-values):
+# 0 ERROR_SUCCESS; 3010 ERROR_SUCCESS_REBOOT_REQUIRED; 259 ERROR_NO_MORE_ITEMS: "no devices match the
+# supplied driver or the target device is already using a better or newer driver than the driver
+# specified for installation" (the package is staged either way).
+_PNPUTIL_OK = frozenset({0, 3010})
+_PNPUTIL_NO_DEVICE = 259
+_START_SERVICE = "StartService"
+# A legacy driver's DriverEntry runs inside StartService: its failing NTSTATUS comes back from `sc start`
+# itself, mapped to a Win32 error (RtlNtStatusToDosError), as "[SC] StartService FAILED 31:" and "A device
+# attached to the system is not functioning." for STATUS_UNSUCCESSFUL (verbatim in crvvdev/MasterHide
+# issue #10, https://github.com/crvvdev/MasterHide/issues/10), or 647 ERROR_FAILED_DRIVER_ENTRY "The driver
+# was not loaded because it failed its initialization call." (Air14/airhv issue #10). The others are the
+# mappings of the NTSTATUS values a DriverEntry commonly returns (ntstatus.h -> winerror.h): 1
+# STATUS_NOT_IMPLEMENTED, 8 STATUS_NO_MEMORY, 50 STATUS_NOT_SUPPORTED, 87 STATUS_INVALID_PARAMETER, 1450
+# STATUS_INSUFFICIENT_RESOURCES (a guess beyond 31 and 647: no transcript of these from sc start).
+ENTRY_POINT_FAILURES = frozenset({1, 8, 31, 50, 87, 647, 1450})
 
 
 @dataclass(frozen=True)
@@ -103,6 +128,38 @@ def _check_image(sys_file: Path) -> None:
                 f"{sys_file.name} is built for {built_for}, but the guest is x64: build the driver for"
                 " x86_64-pc-windows-msvc"
             )
+
+
+# PE format (https://learn.microsoft.com/windows/win32/debug/pe-format): the optional header follows the
+# 20-byte COFF header; its magic is 0x10B (PE32) or 0x20B (PE32+), NumberOfRvaAndSizes sits at offset 92
+# or 108 and the data directories (8 bytes each: address, size) at 96 or 112. Directory 4 is the
+# Certificate Table (IMAGE_DIRECTORY_ENTRY_SECURITY), whose address is a file offset: an embedded
+# Authenticode signature (what `signtool sign` adds to a .sys) lives there. Absent: no embedded signature.
+_PE_OPTIONAL = {0x10B: (92, 96), 0x20B: (108, 112)}
+_SECURITY_DIRECTORY = 4
+
+
+def has_embedded_signature(sys_file: Path) -> bool | None:
+    """Whether the PE's Certificate Table (security directory) is present; None if the headers are cut."""
+    head = sys_file.read_bytes()[:4096]
+    offset = int.from_bytes(head[0x3C:0x40], "little") if len(head) >= 0x40 else 0
+    optional = offset + 24
+    if not offset or head[offset : offset + 4] != b"PE\0\0" or len(head) < optional + 2:
+        return None
+    layout = _PE_OPTIONAL.get(int.from_bytes(head[optional : optional + 2], "little"))
+    if layout is None:
+        return None
+    count_at, directories_at = (optional + position for position in layout)
+    entry = directories_at + 8 * _SECURITY_DIRECTORY
+    if len(head) < count_at + 4:
+        return None
+    if int.from_bytes(head[count_at : count_at + 4], "little") <= _SECURITY_DIRECTORY:
+        return False
+    if len(head) < entry + 8:
+        return None
+    address = int.from_bytes(head[entry : entry + 4], "little")
+    size = int.from_bytes(head[entry + 4 : entry + 8], "little")
+    return address != 0 and size != 0
 
 
 def find_driver_package(package: Path) -> DriverPackage:
@@ -158,10 +215,12 @@ class WindowsDriverLifecycle(DriverLifecycle):
         inf_mode: bool | None = None,
         devgen: str | None = None,
         require_test_signing: bool = True,
+        require_signature: bool = True,
         guest_root: str = DEFAULT_GUEST_ROOT,
         command_timeout: float = 60.0,
         copy_timeout: float = 300.0,
         state_timeout: float = 30.0,
+        service_timeout: float = 60.0,
         poll_interval: float = 0.5,
     ) -> None:
         """Bind to a transport and a run id.
@@ -169,16 +228,21 @@ class WindowsDriverLifecycle(DriverLifecycle):
         ``inf_mode``: True forces INF mode, False forbids it, None chooses it when the package's INF has a
         root hardware id. ``devgen``: guest path of devgen.exe, used in INF mode to create the device.
         ``require_test_signing``: refuse to deploy while test signing is off (turn off only for
-        production-signed drivers). ``state_timeout`` bounds each wait for RUNNING or STOPPED.
+        production-signed drivers). ``require_signature``: refuse a .sys without an embedded signature
+        before copying it (turn off when a kernel debugger is attached, which lets Windows load unsigned
+        drivers). ``state_timeout`` bounds each wait for RUNNING or STOPPED; ``service_timeout`` bounds the
+        wait for the service a device install creates (INF mode).
         """
         self._transport = transport
         self._guest_dir = commands.check_folder_path(f"{guest_root}\\{run_id}")
         self._inf_mode = inf_mode
         self._devgen = None if devgen is None else commands.check_guest_path(devgen)
         self._require_test_signing = require_test_signing
+        self._require_signature = require_signature
         self._command_timeout = command_timeout
         self._copy_timeout = copy_timeout
         self._state_timeout = state_timeout
+        self._service_timeout = service_timeout
         self._poll_interval = poll_interval
 
     # ------------------------------------------------------------------------------------------ deploy
@@ -186,6 +250,7 @@ class WindowsDriverLifecycle(DriverLifecycle):
     def deploy(self, package: Path, *, progress: ProgressCallback | None = None) -> WindowsDeployedDriver:
         """Check test signing, copy the package into the guest folder, and trust its certificates."""
         files = find_driver_package(package)
+        self._check_signature(files)
         if self._require_test_signing:
             self._check_test_signing()
         self._run(commands.make_folder(self._guest_dir)).check(f"creating {self._guest_dir}")
@@ -196,6 +261,23 @@ class WindowsDriverLifecycle(DriverLifecycle):
         mode = "INF" if driver.inf else "service"
         log.info("deployed %s to %s (%s mode)", driver.name, driver.guest_dir, mode)
         return driver
+
+    def _check_signature(self, files: DriverPackage) -> None:
+        signed = has_embedded_signature(files.sys)
+        if signed is not False:
+            return
+        if files.cat is not None and files.inf is not None and self._inf_mode is not False:
+            # A package's signed catalog can sign the .sys instead (INF mode installs the catalog).
+            log.info("%s carries no embedded signature; relying on %s", files.sys.name, files.cat.name)
+            return
+        message = (
+            f"this .sys carries no signature: {files.sys.name} has no Authenticode certificate in its PE "
+            "security directory, so Windows refuses the unsigned driver (sc start fails with 577). Sign it "
+            "(cargo make signs it with WDRLocalTestCert)"
+        )
+        if self._require_signature:
+            raise DriverError(message + "; if a kernel debugger is attached, turn require_signature off")
+        log.warning("%s; loading anyway, as asked", message)
 
     def _check_test_signing(self) -> None:
         argv = commands.bcdedit_enum_current()
@@ -278,34 +360,74 @@ class WindowsDriverLifecycle(DriverLifecycle):
         self._sc(commands.sc_start(driver.name))
 
     def _load_inf(self, driver: DeployedDriver, inf: str, parameters: DriverParameters) -> None:
+        """Device first, then the package, as Microsoft's driver samples do it.
+
+        Windows-rust-driver-samples (``tools/dv/kmdf/fail_driver_pool_leak/README.md``) run
+        ``devgen /add /bus ROOT /hardwareid ...`` and then ``pnputil /add-driver X.inf /install``, which
+        installs the driver on that device; the device install creates the INF's service. The parameters
+        go first: ``reg add`` creates the service's Parameters key, which AddService leaves in place, so
+        DriverEntry already reads them when the device install starts it.
+        """
+        hardware_id = driver.hardware_id if isinstance(driver, WindowsDeployedDriver) else None
+        self._write_parameters(driver.name, parameters)
+        service_exists = self._service_exists(driver.name)
+        added_device = False
+        if not service_exists and self._devgen and hardware_id:
+            # No service yet means no device yet: creating one only then keeps a second load from adding
+            # a second device.
+            self._run(commands.devgen_add(self._devgen, hardware_id)).check(f"devgen /add {hardware_id}")
+            added_device = True
         result = self._run(commands.pnputil_add_driver(inf))
-        if result.exit_code not in _PNPUTIL_OK:
+        if result.exit_code not in _PNPUTIL_OK | {_PNPUTIL_NO_DEVICE}:
             raise DriverError(
-                f"pnputil could not add and install {inf} (exit status {result.exit_code}); see its output",
+                f"pnputil could not add and install {inf} (exit status {result.exit_code}); see its output"
+                r" and C:\Windows\INF\setupapi.dev.log in the guest",
                 code=result.exit_code,
                 output=result.text(),
             )
-        self._write_parameters(driver.name, parameters)
-        hardware_id = driver.hardware_id if isinstance(driver, WindowsDeployedDriver) else None
-        output, failure = self._sc_output(commands.sc_query(driver.name))
-        if failure is not None and failure.code == _NO_SERVICE and self._devgen and hardware_id:
-            # No service yet means no device yet (the service is created when the device is installed);
-            # creating a device only then keeps a second load from adding a second device.
-            self._run(commands.devgen_add(self._devgen, hardware_id)).check(f"devgen /add {hardware_id}")
-            output, failure = self._sc_output(commands.sc_query(driver.name))
-        if failure is not None and failure.code == _NO_SERVICE:
+        if result.exit_code == _PNPUTIL_NO_DEVICE and not service_exists and not added_device:
             device = hardware_id or "its device"
             raise DriverError(
-                f"pnputil staged {inf}, but no device uses it, so Windows created no {driver.name} service: "
-                f"a root-enumerated driver loads only once {device} exists; pass devgen= (the WDK's "
-                "devgen.exe in the guest) or create the device in the image",
-                code=failure.code,
-                output=output,
+                f"pnputil staged {inf}, but no device uses it (exit status 259, ERROR_NO_MORE_ITEMS), so "
+                f"Windows created no {driver.name} service: a root-enumerated driver loads only once "
+                f"{device} exists; pass devgen= (the WDK's devgen.exe in the guest) or create the device in "
+                "the image",
+                code=result.exit_code,
+                output=result.text(),
             )
-        if failure is not None:
-            raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
+        output = self._wait_for_service(driver.name)
         if self._parse_status(driver.name, output).state == ServiceState.STOPPED:
             self._sc(commands.sc_start(driver.name), ignore=(_ALREADY_RUNNING,))
+
+    def _service_exists(self, name: str) -> bool:
+        output, failure = self._sc_output(commands.sc_query(name))
+        if failure is None:
+            return True
+        if failure.code == _NO_SERVICE:
+            return False
+        raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
+
+    def _wait_for_service(self, name: str) -> str:
+        """Poll ``sc query`` until the device install created the service; return its status output.
+
+        devgen returns once the device node exists and pnputil once the install is under way; the
+        service appears when the device install has run its AddService (windows11-vm.md §3.4, corrected).
+        """
+        deadline = time.monotonic() + self._service_timeout
+        while True:
+            output, failure = self._sc_output(commands.sc_query(name))
+            if failure is None:
+                return output
+            if failure.code != _NO_SERVICE:
+                raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
+            if time.monotonic() >= deadline:
+                raise DriverError(
+                    f"the device install created no {name} service within {self._service_timeout:g} s: check"
+                    r" the INF's AddService name and C:\Windows\INF\setupapi.dev.log in the guest",
+                    code=failure.code,
+                    output=output,
+                )
+            time.sleep(self._poll_interval)
 
     def _replace_existing(self, name: str) -> None:
         """Stop and delete a service left by an earlier load, so loading again is idempotent."""
@@ -328,7 +450,7 @@ class WindowsDriverLifecycle(DriverLifecycle):
             code = status.win32_exit_code
             known = SC_ERRORS.get(code)
             meaning = f" {known.name}" if known else ""
-            raise DriverError(
+            raise EntryPointFailed(
                 f"{name} stopped right after it started: its DriverEntry failed "
                 f"(WIN32_EXIT_CODE {code}{meaning}, SERVICE_EXIT_CODE {status.service_exit_code})",
                 code=code,
@@ -372,13 +494,23 @@ class WindowsDriverLifecycle(DriverLifecycle):
         return self._transport.run(argv, timeout=self._command_timeout)
 
     def _sc(self, argv: Sequence[str], *, ignore: Iterable[int] = ()) -> ScFailure | None:
-        """Run sc.exe; raise DriverError for a FAILED code not in ``ignore``, return an ignored failure."""
+        """Run sc.exe; raise DriverError for a FAILED code not in ``ignore``, return an ignored failure.
+
+        A StartService failure whose code is a DriverEntry's mapped NTSTATUS raises EntryPointFailed.
+        """
         output, failure = self._sc_output(argv)
         if failure is None:
             return None
         if failure.code in set(ignore):
             log.debug("%s: ignoring Win32 error %d", " ".join(argv[:2]), failure.code)
             return failure
+        if failure.api == _START_SERVICE and failure.code in ENTRY_POINT_FAILURES:
+            raise EntryPointFailed(
+                f"{argv[2]}'s DriverEntry returned an error: sc start failed with Win32 error {failure.code}"
+                f" ({failure.message or 'no message'}); see the driver's output for why",
+                code=failure.code,
+                output=output,
+            )
         raise DriverError(describe_sc_failure(failure), code=failure.code, output=output)
 
     def _sc_output(self, argv: Sequence[str]) -> tuple[str, ScFailure | None]:
