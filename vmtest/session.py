@@ -214,6 +214,7 @@ class VmSession:
             guest_log=settings.debugview.guest_log,
             raw_copy=self.run_dir.path / "debugview.csv",
             start_command=settings.debugview.start_command,
+            no_win32=settings.debugview.no_win32,
         )
         with self.step("capture", "starting DebugView in the guest"):
             await self.add_source(source)

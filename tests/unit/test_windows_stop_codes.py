@@ -35,7 +35,7 @@ def test_the_codes_a_mutex_driver_meets_are_in_the_table(
 def test_driver_irql_not_less_or_equal_reads_its_execute_operation() -> None:
     # 0xD1 parameter 3: "0 - Read, 1 - Write, 2 - Execute, 8 - Execute".
     text = describe_stop(0xD1, (0x10, 2, 2, 0xFFFFF800))
-    assert "IRQL at the time of the reference 0x2" in text
+    assert "IRQL 0x2" in text
     assert "operation (0 read, 1 write, 2 or 8 execute) 0x2" in text
 
 

@@ -88,10 +88,16 @@ class WindowsDebugViewConfig(_Strict):
         "puts it)",
     )
     guest_log: str = Field(r"C:\vmtest\dbgview.csv", min_length=1, description="its log file in the guest")
-    start_command: tuple[str, ...] = Field(
-        ("cmd.exe", "/c", "start", "", "/b"),
-        description="prefix that starts it in the background (unconfirmed whether an SSH session's end "
-        "kills it; windows11-vm.md §4.4)",
+    start_command: tuple[str, ...] | None = Field(
+        None,
+        description="default: start it through WMI Win32_Process.Create, outside the SSH session's job "
+        "object (which kills `start /b` children: Win32-OpenSSH #1195, #2452, #1642); or a command prefix "
+        "known to keep it running on your guest",
+    )
+    no_win32: bool = Field(
+        True,
+        description="pass --no-win32 (kernel output only, no user-mode OutputDebugString); one field "
+        "report lost kernel lines with it, so it can be turned off",
     )
 
 

@@ -44,7 +44,7 @@ _ACCESS = (
 # (bug-check-0xd1--driver-irql-not-less-or-equal).
 _DRIVER_ACCESS = (
     "memory referenced",
-    "IRQL at the time of the reference",
+    "IRQL",
     "operation (0 read, 1 write, 2 or 8 execute)",
     "address that referenced it",
 )
