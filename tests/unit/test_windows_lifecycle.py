@@ -46,6 +46,9 @@ class FakeWindows(Transport):
     """
 
     testsigning: str = "yes"
+    language: str = "en"
+    code_page: int = 437
+    certutil: str = "ok"
     start: str = "running"
     unload: str = "ok"
     inf_service: str = "SampleDriverService"
@@ -87,11 +90,16 @@ class FakeWindows(Transport):
         program = argv[0].lower()
         self.calls.append(program.rsplit("\\", 1)[-1])
         if program == "bcdedit":
-            variant = {"yes": "testsigning_yes", "no": "testsigning_no", "absent": "without_testsigning"}
+            variant = {"yes": "testsigning_yes", "no": "testsigning_no", "absent": "without_testsigning",
+                       "ja": "testsigning_ja_de"}  # fmt: skip
             return 0, sample(f"bcdedit_enum_current_{variant[self.testsigning]}.txt")
+        if argv[:2] == ["reg", "query"]:
+            return 0, sample(f"reg_query_oemcp_{self.code_page}.txt")
         if program == "if":
             return self._folder(argv)
         if program == "certutil":
+            if self.certutil == "denied_de":  # exit status: the HRESULT 0x80070005 as a DWORD
+                return 0x80070005, sample("certutil_addstore_failed_access_denied_de.txt")
             self.trusted.append((argv[3], argv[4]))
             return 0, sample(f"certutil_addstore_{argv[3].lower()}_success.txt")
         if program == "reg":
@@ -132,7 +140,9 @@ class FakeWindows(Transport):
         if self.services[name] == "RUNNING":
             return 1056, sample("sc_start_failed_1056.txt")
         if self.start == "577":
-            return 577, sample("sc_start_failed_577.txt")
+            return 577, sample(
+                "sc_start_failed_577_de.txt" if self.language == "de" else "sc_start_failed_577.txt"
+            )
         if self.start == "fails":
             return 31, sample("sc_start_failed_31.txt")
         self.services[name] = {"running": "RUNNING", "pending": "START_PENDING"}[self.start]
@@ -152,7 +162,8 @@ class FakeWindows(Transport):
             "START_PENDING": "sc_query_start_pending.txt",
         }
         if name not in self.services:
-            return 1060, sample("sc_query_failed_1060.txt")
+            suffix = "" if self.language == "en" else f"_{self.language}"
+            return 1060, sample(f"sc_query_failed_1060{suffix}.txt")
         return 0, sample(files[self.services[name]])
 
     def _sc_stop(self, name: str) -> tuple[int, bytes]:
@@ -502,3 +513,51 @@ def test_a_catalog_signs_the_sys_of_an_inf_package(inf_package: Path) -> None:
     guest = FakeWindows()
     lifecycle(guest).deploy(inf_package)
     assert guest.files
+
+
+# ------------------------------------------------------------------------------------ localised guests
+
+
+@pytest.mark.parametrize("language", ["de", "fr"])
+def test_a_localised_missing_service_is_read_from_its_code(package: Path, language: str) -> None:
+    # "[SC] ... FEHLER 1060:" / "ÉCHEC 1060 :", in code page 850 (tests/data/windows/SOURCES.md).
+    guest = FakeWindows(language=language, code_page=850)
+    windows = lifecycle(guest)
+    driver = windows.deploy(package)
+    assert not windows.is_loaded(driver)
+
+
+def test_a_localised_failure_keeps_its_code_and_its_decoded_text(package: Path) -> None:
+    guest = FakeWindows(language="de", code_page=850, start="577")
+    windows = lifecycle(guest)
+    with pytest.raises(DriverError) as caught:
+        windows.load(windows.deploy(package), {})
+    assert caught.value.code == 577 and "ERROR_INVALID_IMAGE_HASH" in str(caught.value)
+    assert "Windows kann die digitale Signatur für diese Datei nicht überprüfen." in caught.value.output
+
+
+def test_the_code_page_can_be_configured_instead_of_asked(package: Path) -> None:
+    guest = FakeWindows(language="de", code_page=850, start="577")
+    windows = lifecycle(guest, code_page=850)
+    with pytest.raises(DriverError) as caught:
+        windows.load(windows.deploy(package), {})
+    assert "überprüfen" in caught.value.output
+    assert "reg" not in guest.calls  # no parameters to write, and the code page was not asked
+
+
+def test_wrongly_decoded_text_would_show(package: Path) -> None:
+    # The same bytes read as UTF-8 lose the umlauts: what the code page is for.
+    text = (DATA / "sc_start_failed_577_de.txt").read_bytes().decode("utf-8", errors="replace")
+    assert "überprüfen" not in text
+
+
+def test_certutil_fails_by_its_exit_status_whatever_its_language(package: Path) -> None:
+    guest = FakeWindows(certutil="denied_de", code_page=850)
+    with pytest.raises(DriverError, match="Zugriff verweigert") as caught:
+        lifecycle(guest).deploy(package)
+    assert caught.value.code == 0x80070005
+
+
+def test_bcdedit_in_german_says_ja(package: Path) -> None:
+    guest = FakeWindows(testsigning="ja", code_page=850)
+    assert lifecycle(guest).deploy(package).name == NAME

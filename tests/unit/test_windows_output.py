@@ -10,11 +10,14 @@ from vmtest.drivers.windows_output import (
     SC_ERRORS,
     ScFailure,
     ServiceState,
+    codec_for_code_page,
     decode_inf,
+    decode_output,
     describe_sc_failure,
     parse_bcdedit_testsigning,
     parse_certutil_addstore,
     parse_inf,
+    parse_oem_code_page,
     parse_sc_failure,
     parse_sc_query,
 )
@@ -28,7 +31,7 @@ def sample(name: str) -> str:
     return raw.decode("ascii")
 
 
-def test_every_sample_is_parsed_by_a_test_here() -> None:
+def test_every_sample_is_replayed_by_a_test() -> None:
     covered = {
         *FAILURES,
         *SUCCESSES,
@@ -38,8 +41,12 @@ def test_every_sample_is_parsed_by_a_test_here() -> None:
         *CERTUTIL_FAILED,
         "root_enumerated.inf",
     }
+    elsewhere = "\n".join(path.read_text() for path in Path(__file__).parent.glob("test_windows_*.py"))
     on_disk = {path.name for path in DATA.iterdir() if path.suffix in (".txt", ".inf")}
-    assert on_disk == covered
+    unused = sorted(name for name in on_disk - covered if name not in elsewhere)
+    # A sample named through a pattern (f"sc_query_failed_1060{suffix}.txt") counts by its stem's start.
+    unused = [name for name in unused if name.rsplit("_", 1)[0] not in elsewhere]
+    assert unused == []
 
 
 # ------------------------------------------------------------------------------------------ sc failures
@@ -190,9 +197,9 @@ def test_bcdedit_testsigning(name: str, expected: bool | None) -> None:
 
 def test_bcdedit_does_not_guess_an_unknown_value() -> None:
     text = sample("bcdedit_enum_current_testsigning_yes.txt").replace(
-        "testsigning             Yes", "testsigning Ja"
+        "testsigning             Yes", "testsigning Kyllä"
     )
-    with pytest.raises(ValueError, match="Ja"):
+    with pytest.raises(ValueError, match="Kyllä"):
         parse_bcdedit_testsigning(text)
 
 
@@ -266,3 +273,50 @@ def test_inf_string_tokens_are_expanded_from_the_strings_section() -> None:
 def test_an_unknown_string_token_stays_as_written() -> None:
     info = parse_inf("[Install.Services]\r\nAddService = %NoSuchKey%, 2, Svc\r\n")
     assert info.service_names == ("%NoSuchKey%",)
+
+
+# ------------------------------------------------------------------------------------ localised output
+
+
+def localised(name: str) -> str:
+    raw = (DATA / name).read_bytes()
+    assert b"\r\n" in raw and b"\n" not in raw.replace(b"\r\n", b""), f"{name} must be CRLF throughout"
+    return decode_output(raw, codec_for_code_page(850))
+
+
+@pytest.mark.parametrize("name", ["sc_query_failed_1060_de.txt", "sc_query_failed_1060_fr.txt"])
+def test_a_translated_failed_word_still_gives_the_code(name: str) -> None:
+    failure = parse_sc_failure(localised(name), exit_code=1060)
+    assert failure is not None
+    assert (failure.api, failure.code) == ("EnumQueryServicesStatus:OpenService", 1060)
+    assert failure.message.startswith(("Der angegebene Dienst", "Le service spécifié"))
+
+
+def test_an_unreadable_sc_line_falls_back_to_the_exit_status() -> None:
+    failure = parse_sc_failure("[SC] OpenService: Fehler beim Öffnen\r\n\r\nirgendwas\r\n", exit_code=1060)
+    assert failure is not None and failure.code == 1060 and failure.message == "irgendwas"
+    assert parse_sc_failure("'sc.exe' is not recognized\r\n", exit_code=9009) is None
+    assert parse_sc_failure(sample("sc_query_running.txt"), exit_code=0) is None
+
+
+def test_the_oem_code_page_comes_from_the_registry() -> None:
+    assert parse_oem_code_page(sample("reg_query_oemcp_850.txt")) == 850
+    assert parse_oem_code_page(sample("reg_query_oemcp_437.txt")) == 437
+    assert parse_oem_code_page("ERROR: The system was unable to find the specified registry key\r\n") is None
+    assert codec_for_code_page(850) == "cp850" and codec_for_code_page(65001) == "utf-8"
+    with pytest.raises(ValueError, match="no Python codec"):
+        codec_for_code_page(99999)
+    assert "Überprüfen" in decode_output("Überprüfen".encode("cp850"), "cp850")
+
+
+def test_certutil_exit_status_decides_before_its_text() -> None:
+    german = localised("certutil_addstore_failed_access_denied_de.txt")
+    with pytest.raises(ValueError):
+        parse_certutil_addstore(german)  # the English verdict line is not there
+    result = parse_certutil_addstore(german, exit_code=-2147024891)
+    assert not result.ok and result.hresult == 0x80070005 and result.message == "CertUtil: Zugriff verweigert"
+    assert parse_certutil_addstore("Zertifikat hinzugefügt\r\n", exit_code=0).ok
+
+
+def test_bcdedit_in_german_reads_ja() -> None:
+    assert parse_bcdedit_testsigning(localised("bcdedit_enum_current_testsigning_ja_de.txt")) is True

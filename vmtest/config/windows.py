@@ -128,6 +128,18 @@ class Windows11GuestConfig(_Strict):
         "bugchecks, module loads); the image must have been built with it",
     )
     debugview: WindowsDebugViewConfig = WindowsDebugViewConfig()
+    oem_code_page: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="the code page the guest's console tools print in (850 for a German or French "
+        "Windows); default: read once from the guest's registry (Nls\\CodePage OEMCP)",
+    )
+    require_signature: bool = Field(
+        True,
+        description="refuse a .sys without an embedded signature before copying it; turn off only when "
+        "a kernel debugger is attached (Windows then loads unsigned drivers) or a catalog signs it",
+    )
     tpm: bool | None = Field(None, description="attach a swtpm TPM 2.0; default: as the image was built")
     tpm_model: Literal["tpm-crb", "tpm-tis"] = Field(
         "tpm-crb",

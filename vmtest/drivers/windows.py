@@ -38,11 +38,14 @@ from vmtest.drivers.windows_output import (
     ScFailure,
     ServiceState,
     ServiceStatus,
+    codec_for_code_page,
     decode_inf,
+    decode_output,
     describe_sc_failure,
     parse_bcdedit_testsigning,
     parse_certutil_addstore,
     parse_inf,
+    parse_oem_code_page,
     parse_sc_failure,
     parse_sc_query,
 )
@@ -216,6 +219,7 @@ class WindowsDriverLifecycle(DriverLifecycle):
         devgen: str | None = None,
         require_test_signing: bool = True,
         require_signature: bool = True,
+        code_page: int | None = None,
         guest_root: str = DEFAULT_GUEST_ROOT,
         command_timeout: float = 60.0,
         copy_timeout: float = 300.0,
@@ -230,8 +234,9 @@ class WindowsDriverLifecycle(DriverLifecycle):
         ``require_test_signing``: refuse to deploy while test signing is off (turn off only for
         production-signed drivers). ``require_signature``: refuse a .sys without an embedded signature
         before copying it (turn off when a kernel debugger is attached, which lets Windows load unsigned
-        drivers). ``state_timeout`` bounds each wait for RUNNING or STOPPED; ``service_timeout`` bounds the
-        wait for the service a device install creates (INF mode).
+        drivers). ``code_page``: the OEM code page the guest's console tools print in (default: read
+        from the guest's registry once). ``state_timeout`` bounds each wait for RUNNING or STOPPED;
+        ``service_timeout`` bounds the wait for the service a device install creates (INF mode).
         """
         self._transport = transport
         self._guest_dir = commands.check_folder_path(f"{guest_root}\\{run_id}")
@@ -239,6 +244,7 @@ class WindowsDriverLifecycle(DriverLifecycle):
         self._devgen = None if devgen is None else commands.check_guest_path(devgen)
         self._require_test_signing = require_test_signing
         self._require_signature = require_signature
+        self._codec = None if code_page is None else codec_for_code_page(code_page)
         self._command_timeout = command_timeout
         self._copy_timeout = copy_timeout
         self._state_timeout = state_timeout
@@ -282,7 +288,7 @@ class WindowsDriverLifecycle(DriverLifecycle):
     def _check_test_signing(self) -> None:
         argv = commands.bcdedit_enum_current()
         result = self._run(argv).check("bcdedit /enum {current} (it needs administrator rights)")
-        output = result.text()
+        output = self._text(result)
         try:
             enabled = parse_bcdedit_testsigning(output)
         except ValueError as exc:
@@ -307,9 +313,9 @@ class WindowsDriverLifecycle(DriverLifecycle):
     def _trust(self, certificate: str) -> None:
         for store in _CERT_STORES:
             result = self._run(commands.certutil_addstore(store, certificate))
-            output = result.text()
+            output = self._text(result)
             try:
-                verdict = parse_certutil_addstore(output)
+                verdict = parse_certutil_addstore(output, result.exit_code)
             except ValueError as exc:
                 raise GuestError(f"certutil -addstore {store} gave no verdict: {exc}") from None
             if not verdict.ok:
@@ -383,7 +389,7 @@ class WindowsDriverLifecycle(DriverLifecycle):
                 f"pnputil could not add and install {inf} (exit status {result.exit_code}); see its output"
                 r" and C:\Windows\INF\setupapi.dev.log in the guest",
                 code=result.exit_code,
-                output=result.text(),
+                output=self._text(result),
             )
         if result.exit_code == _PNPUTIL_NO_DEVICE and not service_exists and not added_device:
             device = hardware_id or "its device"
@@ -393,7 +399,7 @@ class WindowsDriverLifecycle(DriverLifecycle):
                 f"{device} exists; pass devgen= (the WDK's devgen.exe in the guest) or create the device in "
                 "the image",
                 code=result.exit_code,
-                output=result.text(),
+                output=self._text(result),
             )
         output = self._wait_for_service(driver.name)
         if self._parse_status(driver.name, output).state == ServiceState.STOPPED:
@@ -486,6 +492,24 @@ class WindowsDriverLifecycle(DriverLifecycle):
 
     # ----------------------------------------------------------------------------------------- helpers
 
+    def _text(self, result: CommandResult) -> str:
+        """A console tool's output, decoded in the guest's OEM code page."""
+        return decode_output(result.stdout + result.stderr, self._guest_codec())
+
+    def _guest_codec(self) -> str:
+        if self._codec is None:
+            result = self._run(commands.reg_query_oem_code_page())
+            code_page = parse_oem_code_page(result.stdout.decode("ascii", errors="replace"))
+            try:
+                if code_page is None:
+                    raise ValueError(f"no OEMCP value in: {result.text().strip()[-300:]!r}")
+                self._codec = codec_for_code_page(code_page)
+            except ValueError as error:
+                log.warning("cannot tell the guest's OEM code page (%s); reading output as UTF-8", error)
+                self._codec = "utf-8"
+            log.debug("the guest's console tools print in %s", self._codec)
+        return self._codec
+
     def _guest_path(self, host_file: Path) -> str:
         return f"{self._guest_dir}\\{host_file.name}"
 
@@ -515,8 +539,8 @@ class WindowsDriverLifecycle(DriverLifecycle):
 
     def _sc_output(self, argv: Sequence[str]) -> tuple[str, ScFailure | None]:
         result = self._run(argv)
-        output = result.text()
-        failure = parse_sc_failure(output)
+        output = self._text(result)
+        failure = parse_sc_failure(output, result.exit_code)
         if failure is None and not result.ok:
             raise GuestCommandFailed(
                 f"{' '.join(argv[:2])} exited with status {result.exit_code} without an [SC] error line:\n"

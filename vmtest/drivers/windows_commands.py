@@ -30,6 +30,7 @@ __all__ = [
     "make_folder",
     "pnputil_add_driver",
     "reg_add_parameter",
+    "reg_query_oem_code_page",
     "remove_folder",
     "sc_create",
     "sc_delete",
@@ -158,6 +159,11 @@ def reg_add_parameter(service: str, key: str, value: str | int) -> list[str]:
     registry_key = rf"HKLM\SYSTEM\CurrentControlSet\Services\{check_service_name(service)}\Parameters"
     kind, data = _registry_data(key, value)
     return ["reg", "add", registry_key, "/v", check_value_name(key), "/t", kind, "/d", data, "/f"]
+
+
+def reg_query_oem_code_page() -> list[str]:
+    r"""``reg query HKLM\SYSTEM\CurrentControlSet\Control\Nls\CodePage /v OEMCP``: the console code page."""
+    return ["reg", "query", r"HKLM\SYSTEM\CurrentControlSet\Control\Nls\CodePage", "/v", "OEMCP"]
 
 
 def _registry_data(key: str, value: str | int) -> tuple[str, str]:

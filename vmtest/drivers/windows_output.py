@@ -10,6 +10,7 @@ driver, with what each one means for them.
 
 from __future__ import annotations
 
+import codecs
 import enum
 import logging
 import re
@@ -23,11 +24,14 @@ __all__ = [
     "ScFailure",
     "ServiceState",
     "ServiceStatus",
+    "codec_for_code_page",
     "decode_inf",
+    "decode_output",
     "describe_sc_failure",
     "parse_bcdedit_testsigning",
     "parse_certutil_addstore",
     "parse_inf",
+    "parse_oem_code_page",
     "parse_sc_failure",
     "parse_sc_query",
 ]
@@ -123,16 +127,36 @@ class ScFailure:
 
 
 _SC_FAILED = re.compile(r"^\[SC\]\s+(?P<api>\S+)\s+FAILED\s+(?P<code>\d+):[ \t\r]*$", re.MULTILINE)
+# Localised sc.exe translates the word and the typography, not the numbers: "[SC] OpenService FEHLER 1060:"
+# (German), "[SC] OpenService ÉCHEC 1060 :" (French; issue 17, and transcripts found by text search).
+_SC_FAILED_ANY_LANGUAGE = re.compile(
+    r"^\[SC\]\s+(?P<api>\S+)\s+(?P<word>\S+)\s+(?P<code>\d+)\s*:[ \t\r]*$", re.MULTILINE
+)
+_SC_MARK = re.compile(r"^\[SC\]\s+(?P<api>\S+)", re.MULTILINE)
 
 
-def parse_sc_failure(text: str) -> ScFailure | None:
-    """Find sc.exe's ``[SC] <API> FAILED <code>:`` line; None when the output reports no failure."""
-    match = _SC_FAILED.search(text)
-    if match is None:
-        return None
-    following = text[match.end() :].splitlines()
-    message = " ".join(line.strip() for line in following if line.strip())
-    return ScFailure(api=match["api"], code=int(match["code"]), message=message)
+def _following(text: str, end: int) -> str:
+    return " ".join(line.strip() for line in text[end:].splitlines() if line.strip())
+
+
+def parse_sc_failure(text: str, exit_code: int | None = None) -> ScFailure | None:
+    """sc.exe's failure: the code from its ``[SC] <API> FAILED <code>:`` line, in any language.
+
+    English first; then the same line with a translated word (``FEHLER``, ``ÉCHEC``); then, when sc.exe
+    printed an ``[SC]`` line vmtest cannot read and exited non-zero, the exit status, which is the Win32
+    error (issue 17.5; the German ``sc qc`` transcripts found by text search exit with 1060). None when
+    the output reports no failure.
+    """
+    for pattern in (_SC_FAILED, _SC_FAILED_ANY_LANGUAGE):
+        match = pattern.search(text)
+        if match is not None:
+            return ScFailure(api=match["api"], code=int(match["code"]), message=_following(text, match.end()))
+    mark = _SC_MARK.search(text)
+    if mark is not None and exit_code:
+        line_end = text.find("\n", mark.end())
+        message = _following(text, len(text) if line_end < 0 else line_end)
+        return ScFailure(api=mark["api"].rstrip(":"), code=exit_code, message=message)
+    return None
 
 
 def describe_sc_failure(failure: ScFailure) -> str:
@@ -264,8 +288,11 @@ def parse_sc_query(text: str) -> ServiceStatus:
 # --------------------------------------------------------------------------------------------- bcdedit
 
 _TESTSIGNING = re.compile(r"^\s*testsigning\s+(?P<value>\S+)\s*$", re.MULTILINE | re.IGNORECASE)
-_YES = frozenset({"yes", "on", "true", "1"})
-_NO = frozenset({"no", "off", "false", "0"})
+# bcdedit prints element names untranslated and boolean values in the display language. English is
+# Microsoft's (Sharks Cove page, "testsigning Yes"); the translations are a guess (the usual words for
+# yes/no in German, French, Spanish, Italian, Portuguese, Dutch); anything else is refused, not guessed.
+_YES = frozenset({"yes", "on", "true", "1", "ja", "oui", "sí", "si", "sì", "sim"})
+_NO = frozenset({"no", "off", "false", "0", "nein", "non", "não", "nao", "nee"})
 
 
 def parse_bcdedit_testsigning(text: str) -> bool | None:
@@ -309,9 +336,26 @@ _CERTUTIL_CERT = re.compile(r'^Certificate "(?P<name>[^"]*)" (?:added to|already
 _CERTUTIL_NOTE = re.compile(r"^CertUtil: (?P<text>.+?)\s*$", re.MULTILINE)
 
 
-def parse_certutil_addstore(text: str) -> CertutilResult:
-    """Parse ``certutil -addstore`` output; raise ValueError if it reports neither success nor failure."""
+def parse_certutil_addstore(text: str, exit_code: int | None = None) -> CertutilResult:
+    """Parse ``certutil -addstore`` output; raise ValueError if it reports neither success nor failure.
+
+    With ``exit_code``, the exit status decides first (0: success; otherwise certutil's exit status is
+    the HRESULT, as transcripts show ``%ERRORLEVEL%`` -2147024891 for 0x80070005), the text second: a
+    localised guest prints its verdict line translated.
+    """
     certificates = tuple(match["name"] for match in _CERTUTIL_CERT.finditer(text))
+    if exit_code is not None:
+        if exit_code == 0:
+            return CertutilResult(ok=True, certificates=certificates, hresult=None, message="")
+        status = exit_code & 0xFFFFFFFF
+        try:
+            parsed = parse_certutil_addstore(text)
+        except ValueError:
+            parsed = None
+        if parsed is not None and not parsed.ok:
+            return CertutilResult(False, certificates, status, parsed.message)
+        last = next((line.strip() for line in reversed(text.splitlines()) if line.strip()), "no output")
+        return CertutilResult(False, certificates, status, last)
     if _CERTUTIL_OK.search(text):
         return CertutilResult(ok=True, certificates=certificates, hresult=None, message="")
     failed = _CERTUTIL_FAILED.search(text)
@@ -322,6 +366,36 @@ def parse_certutil_addstore(text: str) -> CertutilResult:
     notes = [m["text"] for m in _CERTUTIL_NOTE.finditer(text, failed.end())]
     message = " ".join(notes) if notes else failed.group(0).strip()
     return CertutilResult(ok=False, certificates=certificates, hresult=hresult, message=message)
+
+
+# ---------------------------------------------------------------------------------------- code pages
+
+# Console tools (sc.exe, certutil, bcdedit, reg) write in the OEM code page, not UTF-8: 437 (US), 850
+# (Western Europe), ... Windows records it as HKLM\SYSTEM\CurrentControlSet\Control\Nls\CodePage
+# value OEMCP (REG_SZ), which `reg query` prints as "    OEMCP    REG_SZ    850" (Microsoft Learn, "reg
+# query"; "Code Page Identifiers"). vmtest reads it once per guest; a setting overrides it.
+_OEMCP = re.compile(r"^\s*OEMCP\s+REG_SZ\s+(?P<code_page>\d+)\s*$", re.MULTILINE | re.IGNORECASE)
+_UTF8_CODE_PAGE = 65001
+
+
+def parse_oem_code_page(text: str) -> int | None:
+    r"""The OEMCP value in ``reg query ...\Nls\CodePage /v OEMCP`` output; None if it is not there."""
+    match = _OEMCP.search(text)
+    return int(match["code_page"]) if match else None
+
+
+def codec_for_code_page(code_page: int) -> str:
+    """Python's codec for a Windows code page (65001 is UTF-8); ValueError if Python has none."""
+    name = "utf-8" if code_page == _UTF8_CODE_PAGE else f"cp{code_page}"
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        raise ValueError(f"Windows code page {code_page} has no Python codec") from None
+
+
+def decode_output(data: bytes, codec: str) -> str:
+    """A console tool's output in ``codec`` (lenient: a byte that does not decode becomes U+FFFD)."""
+    return data.decode(codec, errors="replace")
 
 
 # ------------------------------------------------------------------------------------------------- INF

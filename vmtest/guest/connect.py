@@ -56,7 +56,10 @@ def guest_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int
         transport = SmbPsexecTransport(LOOPBACK, guest.user, password, run_id=run_id, port=forwards["smb"])
     else:
         transport = SshTransport.for_guest(_windows_ssh(guest, profile), forwards["ssh"], None, shell="cmd")
-    return Guest(transport, WindowsDriverLifecycle(transport, run_id))
+    lifecycle = WindowsDriverLifecycle(
+        transport, run_id, code_page=guest.oem_code_page, require_signature=guest.require_signature
+    )
+    return Guest(transport, lifecycle)
 
 
 def _windows_ssh(guest: Windows11GuestConfig, profile: Profile) -> SshConfig:
