@@ -24,12 +24,29 @@ __all__ = [
     "WindowsDebugViewConfig",
     "check_cpu_flag",
     "check_windows_user_name",
+    "secure_boot_keys_enrolled",
 ]
 
 DEFAULT_OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-"""Debian ``ovmf``: UEFI without Secure Boot and without SMM (windows11-vm.md §1.2, §1.14)."""
+"""Debian ``ovmf``: UEFI firmware code without SMM (windows11-vm.md §1.2, §1.14). Whether Secure Boot is
+on is not the code's choice but the variable store's (see :func:`secure_boot_keys_enrolled`)."""
 DEFAULT_OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-"""Its empty variable store (Secure Boot off), the template every new guest starts from."""
+"""Its empty variable store: no Secure Boot keys enrolled, so Secure Boot is off; the template every new
+guest starts from."""
+
+# Secure Boot is on when the variable store holds a Platform Key: Debian's README.Debian for ovmf pairs
+# OVMF_CODE_4M.ms.fd with OVMF_VARS_4M.ms.fd, "a variable store with the Microsoft keys enrolled and
+# Secure Boot enabled" (and .snakeoil.fd with test keys), while the plain OVMF_VARS_4M.fd is empty; the
+# .ms CODE file is only a symlink to the secboot build. So the VARS file decides. An edk2 variable store
+# keeps each variable as an AUTHENTICATED_VARIABLE_HEADER (edk2 MdeModulePkg/Include/Guid/VariableFormat.h:
+# StartId 0x55AA, State, Reserved, Attributes, MonotonicCount, TimeStamp, PubKeyIndex, NameSize, DataSize,
+# VendorGuid) followed by its UTF-16 name; PK is "PK" under EFI_GLOBAL_VARIABLE
+# {8BE4DF61-93CA-11D2-AA0D-00E098032B8C} (UEFI spec, "Globally Defined Variables").
+_EFI_GLOBAL_VARIABLE = bytes.fromhex("61dfe48bca93d211aa0d00e098032b8c")
+_PK_NAME = "PK\0".encode("utf-16-le")
+_VARIABLE_ADDED = 0x3F
+_GUID_OFFSET = 44  # StartId(2) State(1) Reserved(1) Attributes(4) Count(8) TimeStamp(16) Index(4) Sizes(8)
+_ENROLLED_NAMES = (".ms.", ".snakeoil.", ".secboot.")  # Debian's names of stores with keys (a hint only)
 
 # Characters Windows refuses in a local account name; at most 20 characters, not only dots/spaces. The
 # unattend reference for LocalAccount/Name lists "/[]:|<>+=;,?*%@ and the restricted name NONE
@@ -59,6 +76,30 @@ def check_windows_user_name(name: str) -> str:
     return name
 
 
+def secure_boot_keys_enrolled(vars_file: Path) -> bool | None:
+    """Whether an OVMF variable store has a Platform Key (Secure Boot on); None if it cannot tell.
+
+    A raw store is read for a live ``PK`` variable; a qcow2 copy (vmtest's per-run stores) is judged by
+    its name only (Debian's ``.ms.``/``.snakeoil.`` files), so None unless the name says so.
+    """
+    try:
+        data = vars_file.read_bytes()
+    except OSError:
+        return None
+    if data.startswith(b"QFI\xfb"):
+        return True if any(mark in vars_file.name for mark in _ENROLLED_NAMES) else None
+    start = 0
+    while (found := data.find(_EFI_GLOBAL_VARIABLE + _PK_NAME, start)) >= 0:
+        header = found - _GUID_OFFSET
+        start = found + 1
+        if header < 0 or data[header : header + 2] != b"\xaa\x55":
+            continue
+        name_size = int.from_bytes(data[found - 8 : found - 4], "little")
+        if data[header + 2] == _VARIABLE_ADDED and name_size == len(_PK_NAME):
+            return True
+    return False
+
+
 def check_cpu_flag(flag: str) -> str:
     """``flag`` if it is one QEMU CPU property (``hv-time``, ``hv-spinlocks=0x1fff``, ``-vmx``)."""
     if not _CPU_FLAG.match(flag):
@@ -67,14 +108,29 @@ def check_cpu_flag(flag: str) -> str:
 
 
 class OvmfConfig(_Strict):
-    """The UEFI firmware: Secure Boot must stay off for test signing (windows11-vm.md §1.14)."""
+    """The UEFI firmware: Secure Boot must stay off for test signing (windows11-vm.md §1.14).
+
+    The variable store decides it, not the code file: a store with Secure Boot keys enrolled (Debian's
+    ``OVMF_VARS_4M.ms.fd``) turns it on whatever the code file, and is refused here.
+    """
 
     code: ConfigPath = Field(DEFAULT_OVMF_CODE, description="read-only firmware code (pflash unit 0)")
     vars: ConfigPath | None = Field(
         None,
         description="variable store each run starts from (copy-on-write, qcow2); default: the one the "
-        "image was installed with, which holds Windows' boot entry",
+        "image was installed with, which holds Windows' boot entry. It decides Secure Boot: it must have "
+        "no Secure Boot keys enrolled (not an OVMF_VARS_4M.ms.fd copy), or test signing cannot be on",
     )
+
+    @field_validator("vars")
+    @classmethod
+    def _no_secure_boot(cls, value: Path | None) -> Path | None:
+        if value is not None and secure_boot_keys_enrolled(value):
+            raise ValueError(
+                f"{value} has Secure Boot keys enrolled, so Secure Boot is on and Windows refuses test "
+                "signing (bcdedit fails with 4421): use a store without keys, like Debian's OVMF_VARS_4M.fd"
+            )
+        return value
 
 
 class WindowsDebugViewConfig(_Strict):

@@ -104,8 +104,9 @@ SC_ERRORS: dict[int, ScError] = {
     ),
     4421: ScError(
         "ERROR_SECUREBOOT_POLICY_VIOLATION",
-        "Secure Boot forbids the change: test signing cannot be turned on while Secure Boot is enabled; "
-        "boot the VM with firmware that has Secure Boot off (OVMF_CODE_4M.fd, not the .ms.fd pair)",
+        "Secure Boot forbids the change: test signing cannot be turned on while Secure Boot is enabled. "
+        "The OVMF variable store decides it, not the code file: boot with a store that has no Secure "
+        "Boot keys enrolled (a copy of Debian's empty OVMF_VARS_4M.fd, not OVMF_VARS_4M.ms.fd)",
     ),
 }
 """Win32 error code -> (name, advice). The codes and names are winerror.h's; the advice is vmtest's."""

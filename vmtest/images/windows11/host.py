@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
+from vmtest.config.windows import secure_boot_keys_enrolled
 from vmtest.errors import ImageError
 from vmtest.images.windows11.options import WindowsImageOptions
 
@@ -47,6 +48,12 @@ def preflight(options: WindowsImageOptions, iso_tool: tuple[str, ...] | None) ->
     for what, path in (("OVMF code", options.ovmf_code), ("OVMF variables", options.ovmf_vars)):
         if not path.is_file():
             problems.append(f"{what} {path} does not exist: apt-get install ovmf")
+    if options.ovmf_vars.is_file() and secure_boot_keys_enrolled(options.ovmf_vars):
+        problems.append(
+            f"OVMF variables {options.ovmf_vars} have Secure Boot keys enrolled: Secure Boot would be on and "
+            "test signing refused (the variable store decides, not the code file); use an empty store such "
+            "as /usr/share/OVMF/OVMF_VARS_4M.fd"
+        )
     if options.tpm and shutil.which("swtpm") is None:
         problems.append("swtpm is not installed: apt-get install swtpm swtpm-tools")
     return problems

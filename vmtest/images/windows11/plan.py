@@ -147,7 +147,7 @@ class WindowsImagePlan:
             "never printed or stored in the metadata)",
             f"  computer name     {self.answer.computer_name}",
             f"  TPM               {tpm}; LabConfig bypasses: {', '.join(self.answer.labconfig)}",
-            "  test signing      on (Secure Boot off: OVMF without Secure Boot)",
+            "  test signing      on (Secure Boot off: an OVMF variable store without keys)",
             "  kernel debugging  "
             + (
                 f"on, COM1 (debugport:{KD_DEBUG_PORT}, baudrate:{KD_BAUD_RATE})"
