@@ -104,7 +104,7 @@ class FakeWindows(Transport):
             return 0, sample(f"certutil_addstore_{argv[3].lower()}_success.txt")
         if program == "reg":
             self.registry[f"{argv[2]}\\{argv[4]}"] = (argv[6], argv[8])
-            return 0, b"The operation completed successfully.\r\n\r\n"
+            return 0, sample("reg_add_success.txt")
         if program == "pnputil.exe":
             self.staged.append(argv[2])
             if not self.devices:
