@@ -175,3 +175,16 @@ def test_a_multi_line_csv_field_stays_one_record() -> None:
 def test_the_guis_tab_separated_log_still_parses() -> None:
     data = f"00000001\t0.00000000\tDriver loaded, ok\r\n00000002\t0.00104230\t{LINE}\r\n".encode()
     assert list(debugview_text_lines(data)) == ["Driver loaded, ok", LINE]
+
+
+def test_a_missing_program_is_named_when_wmi_cannot_start_it(tmp_path: Path) -> None:
+    class NoProgram(SshWindows):
+        def _answer(self, argv: list[str]) -> tuple[int, bytes]:
+            if argv[0] == "powershell.exe":
+                return 0, b"ReturnValue=9 ProcessId=\r\n"  # Win32_Process.Create: 9 = path not found
+            return super()._answer(argv)
+
+    with pytest.raises(
+        GuestCommandFailed, match=r"dbgviewcli\.exe\) in the guest through WMI failed: .*path not found"
+    ):
+        run(source(NoProgram(), tmp_path).start(Capture(tmp_path / "capture.log")))

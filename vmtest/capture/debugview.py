@@ -200,7 +200,9 @@ class DebugViewSource(CaptureSource):
         try:
             self.pid = parse_wmi_create(result.text())
         except ValueError as error:
-            raise GuestCommandFailed(f"starting DebugView in the guest through WMI failed: {error}") from None
+            raise GuestCommandFailed(
+                f"starting DebugView ({self.program}) in the guest through WMI failed: {error}"
+            ) from None
         await self._wait_running(self.pid)
         log.info("DebugView runs in the guest as PID %d, outside the SSH session", self.pid)
 
