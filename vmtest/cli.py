@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -14,7 +15,7 @@ from vmtest.cli_image import add_image_build_options, image_build
 from vmtest.config import DEFAULT_CONFIG_NAME, load_config
 from vmtest.config.loader import load_model
 from vmtest.config.models import VmtestConfig
-from vmtest.errors import EXIT_CONFIG, ConfigError, VmtestError
+from vmtest.errors import EXIT_CONFIG, EXIT_TEST_FAILURE, ConfigError, VmtestError
 from vmtest.loop import run_main
 from vmtest.progress import make_progress
 from vmtest.session import VmSession
@@ -90,7 +91,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("config", nargs="?", type=Path)
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument(
+        "--guest",
+        action="store_true",
+        help="also boot the guest and check its assumptions (`vmtest probe`)",
+    )
     doctor.set_defaults(command=_doctor)
+
+    probe = commands.add_parser(
+        "probe", help="boot the guest and check every assumption vmtest makes about it; write a report"
+    )
+    probe.add_argument("config", nargs="?", type=Path)
+    probe.add_argument("--artifacts", type=Path, metavar="DIR", help="where the run directory goes")
+    probe.add_argument("--json", action="store_true", help="print probe.json on stdout")
+    probe.set_defaults(command=_probe)
 
     kd = commands.add_parser("kd", help="be the kernel debugger on a VM's serial port: print DbgPrint live")
     where = kd.add_mutually_exclusive_group(required=True)
@@ -193,7 +207,28 @@ def _run(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from vmtest.doctor import doctor_command
 
-    return doctor_command(args.config, json_output=args.json)
+    code = doctor_command(args.config, json_output=args.json)
+    if not args.guest:
+        return code
+    args.artifacts = None
+    return max(code, _probe(args))
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from vmtest.probe import run_probe
+
+    config = load_config(args.config)
+    if args.artifacts is not None:
+        config = config.model_copy(update={"artifacts": args.artifacts})
+    progress = make_progress()
+    try:
+        report = run_main(run_probe(config, progress))
+    finally:
+        progress.close()
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    print(report.summary(), file=sys.stderr)
+    return EXIT_TEST_FAILURE if report.blocking else 0
 
 
 def _kd(args: argparse.Namespace) -> int:

@@ -26,6 +26,7 @@ from vmtest.events.scenarios import DEFAULT_SCENARIOS
 from vmtest.guest.connect import Guest
 from vmtest.images.linux import default_cache_root
 from vmtest.machine.profiles.linux import LinuxProfile
+from vmtest.probe import ensure_probed
 from vmtest.progress import Progress
 from vmtest.session import VmSession
 
@@ -226,6 +227,7 @@ async def _drive(
     outcome: RunOutcome,
 ) -> None:
     guest = await session.connect()
+    await ensure_probed(session, guest)  # a new Windows image: its assumptions, once, before any scenario
     with session.step("deploy", "copying the driver into the guest"):
         package = await asyncio.to_thread(package_for, config, request, session)
         driver = await deploy(session, guest, package)

@@ -57,6 +57,10 @@ class KdSource(CaptureSource):
                 )
                 capture.add_event(CaptureEvent(event.time, self.name, "stall", summary))
 
+    def modules(self) -> tuple[str, ...]:
+        """The names of the kernel modules the KD host has seen loaded so far (empty before it attached)."""
+        return tuple(module.name for module in self._host.modules) if self._host is not None else ()
+
     async def stop(self) -> None:
         """Close the KD host and the raw file."""
         if self._host is not None:

@@ -6,6 +6,8 @@ the build, then prints the plan and stops (``--dry-run``) or carries it out with
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +19,9 @@ from vmtest.images.windows11.answer import DEFAULT_COMPUTER_NAME, DEFAULT_USER
 from vmtest.images.windows11.build import build_windows_image
 from vmtest.images.windows11.options import DEFAULT_PASSWORD_ENV, CrashDump, WindowsImageOptions
 from vmtest.images.windows11.plan import plan_windows_image
-from vmtest.progress import make_progress
+from vmtest.probe import ProbeReport, run_probe
+from vmtest.probe.run import new_image_config
+from vmtest.progress import Progress, make_progress
 
 __all__ = ["image_build_windows11_command"]
 
@@ -99,6 +103,24 @@ def image_build_windows11_command(
         progress.note(f"image: {image.root}")
         if image.licence_expires is not None:
             progress.note(f"licence expires on {image.licence_expires}")
+        report = _probe(image.root, options, kernel_debug=image.kernel_debug, progress=progress)
     finally:
         progress.close()
-    return 0
+    print(report.summary(), file=out)
+    return EXIT_CONFIG if report.blocking else 0
+
+
+def _probe(
+    image: Path, options: WindowsImageOptions, *, kernel_debug: bool, progress: Progress
+) -> ProbeReport:
+    """The last step of a build: boot the new image once and check every assumption vmtest makes."""
+    config = new_image_config(
+        image,
+        user=options.user,
+        password=os.environ.get(options.password_env, ""),
+        kernel_debug=kernel_debug,
+        allow_tcg=options.allow_tcg,
+        machine={"accel": options.accel, "qemu": options.qemu, "memory_mib": options.memory_mib},
+        artifacts=options.artifacts,
+    )
+    return asyncio.run(run_probe(config, progress))
