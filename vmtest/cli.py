@@ -104,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     probe.add_argument("config", nargs="?", type=Path)
     probe.add_argument("--artifacts", type=Path, metavar="DIR", help="where the run directory goes")
     probe.add_argument("--json", action="store_true", help="print probe.json on stdout")
+    probe.add_argument(
+        "--record",
+        type=Path,
+        metavar="PROBE_JSON",
+        help="boot nothing: fill the Seen column of --table from a real guest's probe.json",
+    )
+    probe.add_argument("--table", type=Path, default=Path("docs/WINDOWS.md"), help="the behaviour table")
     probe.set_defaults(command=_probe)
 
     kd = commands.add_parser("kd", help="be the kernel debugger on a VM's serial port: print DbgPrint live")
@@ -217,6 +224,8 @@ def _doctor(args: argparse.Namespace) -> int:
 def _probe(args: argparse.Namespace) -> int:
     from vmtest.probe import run_probe
 
+    if getattr(args, "record", None) is not None:
+        return _record_probe(args.record, args.table)
     config = load_config(args.config)
     if args.artifacts is not None:
         config = config.model_copy(update={"artifacts": args.artifacts})
@@ -229,6 +238,20 @@ def _probe(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     print(report.summary(), file=sys.stderr)
     return EXIT_TEST_FAILURE if report.blocking else 0
+
+
+def _record_probe(report_path: Path, table_path: Path) -> int:
+    from vmtest.probe.table import record_report
+
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+        table = table_path.read_text(encoding="utf-8")
+        updated = record_report(table, report)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"cannot record {report_path} in {table_path}: {error}") from None
+    table_path.write_text(updated, encoding="utf-8")
+    print(f"vmtest: {table_path} updated from {report_path}", file=sys.stderr)
+    return 0
 
 
 def _kd(args: argparse.Namespace) -> int:

@@ -1,7 +1,7 @@
 """The probe against a scripted Windows guest: as documented, a German image, and a job object that kills.
 
-The scripted guest replays the samples of tests/data/windows (and its probe/ folder, whose SOURCES.md
-says where each comes from); it keeps state (services created, DbgViewCLI alive or not) so that a
+The scripted guest replays the samples of tests/data/windows (SOURCES.md there says where each comes
+from); it keeps state (services created, DbgViewCLI alive or not) so that a
 check sees the consequences of its own commands.
 """
 
@@ -21,6 +21,7 @@ from typing import TypeVar
 
 import pytest
 
+from vmtest.cli import main
 from vmtest.config.models import VmtestConfig
 from vmtest.guest.connect import Guest
 from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
@@ -30,6 +31,7 @@ from vmtest.probe.context import ProbeContext, ProbeSettings
 from vmtest.probe.model import Status
 from vmtest.probe.report import ProbeReport
 from vmtest.probe.run import _run_checks
+from vmtest.probe.table import table_ids
 from vmtest.probe.windows import WINDOWS_CHECKS
 from vmtest.progress import PlainProgress
 
@@ -39,8 +41,7 @@ DBGVIEW = r"C:\vmtest\tools\dbgviewcli.exe"
 
 
 def sample(name: str) -> bytes:
-    probe = DATA / "probe" / name
-    return (probe if probe.exists() else DATA / name).read_bytes()
+    return (DATA / name).read_bytes()
 
 
 @dataclass
@@ -99,7 +100,12 @@ class ScriptedWindows(Transport):
         if argv[:2] == ["where", "devgen"]:
             return 0, sample("where_devgen.txt")
         if argv[0] == "tasklist":
-            return 0, sample("tasklist_dbgviewcli.txt" if self.dbgview_alive else "tasklist_none.txt")
+            return 0, sample(
+                "tasklist_csv_noheader_running.txt" if self.dbgview_alive else "tasklist_no_match.txt"
+            )
+        if argv[0] == "powershell.exe":  # vmtest's WMI start: outside the session's job, so it lives on
+            self.dbgview_alive = True
+            return 0, b"ReturnValue=0 ProcessId=4242\r\n"
         if argv[:2] == ["bcdedit", "/enum"]:
             text = sample("bcdedit_enum_current_testsigning_yes.txt")
             if self.kernel_debug:  # `bcdedit /debug on` adds this element (windows11-vm.md §1.10)
@@ -112,7 +118,7 @@ class ScriptedWindows(Transport):
 
     def _registry(self, key: str) -> tuple[int, bytes]:
         if key.endswith(r"Nls\CodePage"):
-            return 0, self._de("reg_codepage_437.txt", "reg_codepage_850.txt")
+            return 0, self._de("reg_query_oemcp_437.txt", "reg_query_oemcp_850.txt")
         if key.endswith(r"Nls\Language"):
             return 0, self._de("reg_language_0409.txt", "reg_language_0407.txt")
         if key.endswith("CurrentVersion"):
@@ -142,17 +148,19 @@ class ScriptedWindows(Transport):
         if argv[-1] == "--stop":
             self.dbgview_alive = False
             return 0, b""
-        # Started in the background: with a job object that kills on session end, it is gone at once.
+        # `start /b` inside the SSH session: with the job object that kills on session end, gone at once.
         self.dbgview_alive = not self.job_kills
         return 0, b""
 
 
-def probe(guest: ScriptedWindows, *, kd: bool = False) -> ProbeReport:
+START_B = ("cmd.exe", "/c", "start", "", "/b")
+
+
+def probe(
+    guest: ScriptedWindows, *, kd: bool = False, start: tuple[str, ...] | None = START_B
+) -> ProbeReport:
     settings = ProbeSettings(
-        kd=kd,
-        debugview_program="" if kd else DBGVIEW,
-        debugview_start=("cmd.exe", "/c", "start", "", "/b"),
-        debugview_watch=0.0,
+        kd=kd, debugview_program="" if kd else DBGVIEW, debugview_start=start, debugview_watch=0.0
     )
     context = ProbeContext(guest, "cmd", settings)
     return ProbeReport("windows11", "scripted", "key", tuple(_run_checks(context, WINDOWS_CHECKS)))
@@ -198,6 +206,14 @@ def test_a_capture_killed_with_its_session_is_named_and_blocks_the_run() -> None
     assert "debugview-survives" in report.summary()
 
 
+def test_started_through_wmi_the_capture_outlives_the_session() -> None:
+    guest = ScriptedWindows(job_kills=True)
+    report = probe(guest, start=None)  # the default: Win32_Process.Create, outside the session's job
+    assert statuses(report)["debugview-survives"] is Status.AS_EXPECTED, report.summary()
+    assert any(command.startswith("powershell.exe") for command in guest.commands)
+    assert not guest.dbgview_alive
+
+
 def test_with_kernel_debugging_debugview_is_not_probed() -> None:
     report = probe(ScriptedWindows(job_kills=True, kernel_debug=True), kd=True)
     assert statuses(report)["debugview-survives"] is Status.NOT_RUN
@@ -229,7 +245,15 @@ class StandInSession:
 
     def __init__(self, tmp_path: Path, guest: ScriptedWindows, image: Path) -> None:
         self.config = VmtestConfig.model_validate(
-            {"guest": {"kind": "windows11", "password": "pw", "kd": False}, "artifacts": tmp_path / "art"}
+            {
+                "guest": {
+                    "kind": "windows11",
+                    "password": "pw",
+                    "kd": False,
+                    "debugview": {"start_command": START_B},
+                },
+                "artifacts": tmp_path / "art",
+            }
         )
         self.guest = Guest(guest, drivers=None)  # type: ignore[arg-type]
         self.run_dir = SimpleNamespace(path=tmp_path / "run")
@@ -245,7 +269,7 @@ class StandInSession:
         yield
 
     async def call(self, function: Callable[..., T], *args: object, timeout: float, what: str) -> T:
-        return function(*args)
+        return await asyncio.to_thread(function, *args)  # as VmSession.call: in a worker thread
 
 
 @pytest.fixture
@@ -302,3 +326,31 @@ def test_an_image_is_probed_once(tmp_path: Path, image: Path, monkeypatch: pytes
     third = StandInSession(tmp_path / "3", third_guest, image)
     assert asyncio.run(ensure_probed(third, third.guest)) is not None  # type: ignore[arg-type]
     assert third_guest.commands
+
+
+def test_every_row_the_probe_names_is_in_the_behaviour_table() -> None:
+    table = (Path(__file__).resolve().parents[2] / "docs" / "WINDOWS.md").read_text()
+    named = {row for check, _ in WINDOWS_CHECKS for row in check.rows} | {
+        row for check in (run_module.KD_LINK, run_module.HV_CRASH) for row in check.rows
+    }
+    assert named - table_ids(table) == set()
+
+
+def test_the_seen_column_is_filled_from_a_report_only(tmp_path: Path) -> None:
+    table_path = tmp_path / "WINDOWS.md"
+    table_path.write_text((Path(__file__).resolve().parents[2] / "docs" / "WINDOWS.md").read_text())
+    report = probe(ScriptedWindows(german=True, job_kills=True))
+    report_path = tmp_path / "probe.json"
+    report_path.write_text(json.dumps(report.to_dict()))
+    assert main(["probe", "--record", str(report_path), "--table", str(table_path)]) == 0
+    rows = {
+        line.split(" | ")[0][2:]: line
+        for line in table_path.read_text().splitlines()
+        if line.startswith("| W-")
+    }
+    assert rows["W-SC-1060"].endswith("| yes |")  # German, handled: the behaviour was seen
+    assert rows["W-SSH-JOB"].endswith("| differs: not running 0.0 s after start |")
+    assert rows["W-PSEXEC"].endswith("| no |")  # nothing in the report says anything about it
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"observations": [{"status": "as-expected", "rows": ["W-NO-SUCH-ROW"]}]}))
+    assert main(["probe", "--record", str(bad), "--table", str(table_path)]) == 2

@@ -46,7 +46,7 @@ KD_LINK = Check(
     "vmtest's KD host attached to the kernel on COM1 and saw its module list (DbgPrint and bugchecks "
     "arrive through it).",
     "modules reported by the kernel over KD",
-    rows=("W-KD-ATTACH", "W-KD-MODULES"),
+    rows=("W-KD-LINK",),
     needed_by_run=True,
 )
 HV_CRASH = Check(

@@ -10,13 +10,18 @@ translated). Sources for each row are in ``docs/WINDOWS.md``.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from vmtest.capture.debugview import DEBUGVIEW_ARGUMENTS
+from vmtest.capture.debugview import DebugViewSource, parse_tasklist_pids
+from vmtest.capture.source import Capture
 from vmtest.config.windows import Windows11GuestConfig
 from vmtest.drivers.windows_output import parse_bcdedit_testsigning
+from vmtest.errors import GuestCommandFailed
 from vmtest.probe.context import ProbeContext, ProbeSettings
 from vmtest.probe.model import Check, Observation, Status
 
@@ -54,7 +59,7 @@ OS = Check(
     "Windows build and edition",
     "The guest runs Windows 11 (build 22000 or later), and cmd.exe reports it with `ver`.",
     "CurrentBuild >= 22000",
-    rows=("W-OS-1",),
+    rows=("W-OS-BUILD",),
     needed_by_run=True,
 )
 
@@ -109,7 +114,7 @@ CODE_PAGE = Check(
     "OEM code page",
     "Console programs write in the OEM code page; English images use 437.",
     "OEMCP = 437 (another code page is decoded, not a problem)",
-    rows=("W-LOC-CODEPAGE",),
+    rows=("W-OEM-CODEPAGE",),
 )
 
 
@@ -134,7 +139,10 @@ LANGUAGE = Check(
     "Installed UI language",
     "Tool output (sc.exe, bcdedit, certutil) is in English on an en-US image.",
     f"InstallLanguage = {ENGLISH_LANGUAGE} (another language is handled through exit statuses)",
-    rows=("W-LOC-LANGUAGE",),
+    rows=(
+        "W-SC-LOCALISED",
+        "W-BCDEDIT-LOCALISED",
+    ),
 )
 
 
@@ -160,7 +168,7 @@ SC_MISSING = Check(
     "sc.exe on a service that does not exist",
     "sc.exe's exit status is the Win32 error of the failed call (1060), whatever the UI language.",
     "exit status 1060; on English images the line '[SC] … FAILED 1060:'",
-    rows=("W-SC-1060", "W-SC-EXIT"),
+    rows=("W-SC-1060", "W-SC-EXIT-STATUS", "W-SC-FAILED-LINE"),
     needed_by_run=True,
 )
 
@@ -189,7 +197,7 @@ SC_BAD_IMAGE = Check(
     "A kernel service whose file is not a driver can be created and deleted, and `sc start` fails "
     "with the Win32 error as its exit status (documented failure: 193 or 577; which one is a guess).",
     "create 0, start fails with exit status = the code in its FAILED line, delete 0",
-    rows=("W-SC-CREATE", "W-SC-START-FAIL", "W-SC-DELETE"),
+    rows=("W-SC-SYNTAX", "W-SC-EXIT-STATUS", "W-SC-NOT-A-DRIVER"),
     needed_by_run=True,
 )
 
@@ -225,7 +233,7 @@ BCDEDIT = Check(
     "Boot settings: test signing and kernel debugging",
     "Test signing is on, so a test-signed driver loads; kernel debugging is on exactly when guest.kd is.",
     "bcdedit /enum {current}: testsigning Yes; debug Yes with kd",
-    rows=("W-BCD-TESTSIGNING", "W-BCD-DEBUG"),
+    rows=("W-BCDEDIT-TESTSIGNING", "W-BCDEDIT-DEBUG"),
     needed_by_run=True,
 )
 _DEBUG = re.compile(r"^\s*debug\s+(?P<value>\S+)\s*$", re.MULTILINE | re.IGNORECASE)
@@ -265,7 +273,7 @@ SECURE_BOOT = Check(
     "Secure Boot state",
     "Secure Boot is off (an enrolled OVMF VARS file turns it on, and then test signing is ignored).",
     "UEFISecureBootEnabled = 0",
-    rows=("W-SECUREBOOT",),
+    rows=("W-SECUREBOOT-VARS",),
     needed_by_run=True,
 )
 
@@ -298,7 +306,7 @@ CERTIFICATES = Check(
     "LocalMachine Root and TrustedPublisher stores",
     "vmtest can read (and so add the driver's test certificate to) both LocalMachine stores.",
     "certutil -store Root / TrustedPublisher exit status 0",
-    rows=("W-CERTUTIL",),
+    rows=("W-CERTUTIL-EXIT",),
 )
 _CERT_SUBJECT = re.compile(r"^Subject:\s*(?P<subject>.+?)\s*$", re.MULTILINE)
 
@@ -325,7 +333,7 @@ PRINT_FILTER = Check(
     "DbgPrint (DEFAULT component) and DbgPrintEx(DPFLTR_IHVDRIVER_ID, INFO) reach the debugger: the "
     "Debug Print Filter masks of DEFAULT and IHVDRIVER include the INFO level bit (0x8).",
     "DEFAULT and IHVDRIVER masks with bit 0x8",
-    rows=("W-DPF-DEFAULT", "W-DPF-IHVDRIVER"),
+    rows=("W-DPF-COMPONENTS",),
     needed_by_run=True,
 )
 
@@ -355,7 +363,7 @@ DRIVER_TOOLS = Check(
     "pnputil and devgen",
     "pnputil is in the guest (INF packages); devgen is on PATH (root-enumerated devices in INF mode).",
     "pnputil /? exit 0; devgen present (needed only for INF packages)",
-    rows=("W-PNPUTIL", "W-DEVGEN"),
+    rows=("W-DEVGEN-FIRST", "W-PNPUTIL-259"),
 )
 
 
@@ -387,43 +395,61 @@ DEBUGVIEW = Check(
     "A DbgViewCLI started by vmtest over the transport outlives the command that started it "
     "(Win32-OpenSSH puts a session's processes in a job object that can kill them: #1195, #2452).",
     "dbgviewcli.exe still running a few seconds after the start command returned",
-    rows=("W-DBGVIEW-JOB", "W-DBGVIEW-ARGS"),
+    rows=("W-SSH-JOB", "W-WMI-CREATE", "W-TASKLIST-CSV", "W-DBGVIEW-ARGS"),
     needed_by_run=True,
 )
 
 
 def check_debugview(ctx: ProbeContext) -> Observation:
-    """Start DbgViewCLI as the capture does, look for it a few seconds later, then stop it."""
-    program, start = ctx.settings.debugview_program, ctx.settings.debugview_start
+    """Start DbgViewCLI exactly as the capture does, look for it a few seconds later, then stop it."""
+    program = ctx.settings.debugview_program
     if not program:
         return Observation(DEBUGVIEW, Status.NOT_RUN, "no DbgViewCLI configured", "", ctx.take_raw())
     present = ctx.run(["cmd.exe", "/c", "if", "exist", program, "echo", "present"])
     if "present" not in present.output:
         advice = f"{program} is not in the image: build it with --tool dbgviewcli.exe, or use guest.kd: true"
         return Observation(DEBUGVIEW, Status.DIFFERS, "DbgViewCLI not found", advice, ctx.take_raw())
-    log = PROBE_FOLDER + r"\dbgview-probe.csv"
-    ctx.run(["cmd.exe", "/c", "mkdir", PROBE_FOLDER])
-    started_at = time.monotonic()
-    ctx.run([*start, program, *DEBUGVIEW_ARGUMENTS, "--log", log])
-    time.sleep(ctx.settings.debugview_watch)  # the observation window itself, not a wait for an answer
-    image = program.rsplit("\\", 1)[-1]
-    listed = ctx.run(["tasklist", "/FI", f"IMAGENAME eq {image}", "/NH"])
-    alive = image.lower() in listed.output.lower()
-    ctx.run([program, "--stop"])
-    ctx.run(["cmd.exe", "/c", "rmdir", "/s", "/q", PROBE_FOLDER])
-    after = time.monotonic() - started_at
+    with tempfile.TemporaryDirectory(prefix="vmtest-probe-") as scratch:
+        source = DebugViewSource(
+            ctx.recording(),
+            program=program,
+            guest_log=PROBE_FOLDER + r"\dbgview-probe.csv",
+            raw_copy=Path(scratch) / "dbgview.csv",
+            start_command=ctx.settings.debugview_start,
+            no_win32=ctx.settings.debugview_no_win32,
+        )
+        ctx.run(["cmd.exe", "/c", "mkdir", PROBE_FOLDER])
+        capture = Capture(Path(scratch) / "capture.log")
+        started_at = time.monotonic()
+        try:
+            asyncio.run(source.start(capture))
+        except GuestCommandFailed as error:
+            return _debugview_gone(ctx, program, f"{error}", time.monotonic() - started_at)
+        finally:
+            capture.close()
+        time.sleep(ctx.settings.debugview_watch)  # the observation window itself, not a wait for an answer
+        image = program.rsplit("\\", 1)[-1]
+        wanted = f"PID eq {source.pid}" if source.pid is not None else f"IMAGENAME eq {image}"
+        listed = ctx.run(["tasklist", "/FI", wanted, "/FO", "CSV", "/NH"])
+        alive = bool(parse_tasklist_pids(listed.output))
+        after = time.monotonic() - started_at
+        ctx.run([program, "--stop"])
+        ctx.run(["cmd.exe", "/c", "rmdir", "/s", "/q", PROBE_FOLDER])
     if not alive:
-        advice = (
-            f"DbgViewCLI was gone {after:.1f} s after it was started: the session's job object ended it. "
-            "Use the kernel debugger (guest.kd: true), or set guest.debugview.start_command to a way that "
-            "starts it outside the session (a scheduled task or WMI Win32_Process.Create)"
-        )
-        return Observation(
-            DEBUGVIEW, Status.DIFFERS, f"not running {after:.1f} s after start", advice, ctx.take_raw()
-        )
+        return _debugview_gone(ctx, program, f"not running {after:.1f} s after start", after)
     return Observation(
         DEBUGVIEW, Status.AS_EXPECTED, f"running {after:.1f} s after start", "", ctx.take_raw()
     )
+
+
+def _debugview_gone(ctx: ProbeContext, program: str, seen: str, after: float) -> Observation:
+    ctx.run([program, "--stop"])
+    advice = (
+        f"DbgViewCLI was gone {after:.1f} s after vmtest started it (the SSH session's job object ends "
+        "what it starts): use the kernel debugger (guest.kd: true), or leave guest.debugview.start_command "
+        "unset so that vmtest starts it through WMI, outside the session"
+    )
+    return Observation(DEBUGVIEW, Status.DIFFERS, seen, advice, ctx.take_raw())
 
 
 WINDOWS_CHECKS: tuple[tuple[Check, CheckFunction], ...] = (
@@ -448,5 +474,6 @@ def windows_settings(guest: Windows11GuestConfig) -> ProbeSettings:
     return ProbeSettings(
         kd=guest.kd,
         debugview_program=guest.debugview.program if guest.debugview_enabled else "",
-        debugview_start=tuple(guest.debugview.start_command),
+        debugview_start=guest.debugview.start_command,
+        debugview_no_win32=guest.debugview.no_win32,
     )
