@@ -121,9 +121,9 @@ def _judge(config: VmtestConfig, outcome: RunOutcome) -> RunVerdict:
     capture = outcome.run_dir / "capture.log"
     try:
         with capture.open(encoding="utf-8", errors="replace") as lines:
-            return judge_lines(lines, config.verdict, outcome.requested, crashes)
+            return judge_lines(lines, config.judging, outcome.requested, crashes)
     except FileNotFoundError:
-        return judge_lines([], config.verdict, outcome.requested, crashes)
+        return judge_lines([], config.judging, outcome.requested, crashes)
 
 
 def _status(outcome: RunOutcome, verdict: RunVerdict) -> tuple[str, str]:
@@ -154,7 +154,9 @@ def _report(config: VmtestConfig, outcome: RunOutcome, verdict: RunVerdict, dura
             item.name,
             item.status,
             tuple(FindingReport(f.check, f.message, f.lines) for f in item.findings)
-            + tuple(FindingReport("crash", c.describe()) for c in item.crashes),
+            + tuple(
+                FindingReport("verifier" if c.violation else "crash", c.describe()) for c in item.crashes
+            ),
         )
         for item in verdict.scenarios
     ]
@@ -170,6 +172,7 @@ def _report(config: VmtestConfig, outcome: RunOutcome, verdict: RunVerdict, dura
         screenshots=outcome.screenshots,
         capture_tail=outcome.capture_tail,
         crashes=[c.to_dict() for c in verdict.crashes],
+        notes=list(outcome.notes),
     )
 
 
@@ -208,6 +211,7 @@ def _write_report_files(
         "status": report.status,
         "message": report.message,
         "phase": outcome.phase,
+        "notes": list(outcome.notes),
         **verdict.to_dict(),
     }
     (run_dir / "verdicts.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

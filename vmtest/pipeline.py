@@ -13,14 +13,24 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import TextIO
 
 from vmtest.capture.source import CapturedLine, CaptureEvent
 from vmtest.config.models import VmtestConfig
+from vmtest.config.verifier import VerifierConfig
 from vmtest.drivers.kbuild import build_module
 from vmtest.drivers.lifecycle import DeployedDriver
-from vmtest.errors import DeadlineExceeded, DriverError, GuestCrashed, InfraError
+from vmtest.drivers.verifier import (
+    WINDOWS_REBOOT,
+    already_set,
+    enable_command,
+    parse_query,
+    parse_querysettings,
+    run_verifier,
+    verifier_confirmation,
+)
+from vmtest.errors import DeadlineExceeded, DriverError, GuestCrashed, GuestError, InfraError
 from vmtest.events.protocol import Event, ProtocolError, parse_line
 from vmtest.events.scenarios import DEFAULT_SCENARIOS
 from vmtest.guest.connect import Guest
@@ -75,6 +85,8 @@ class RunOutcome:
     interrupted: bool = False
     hung: bool = False
     phase: str = "prepare"
+    notes: list[str] = field(default_factory=list)
+    """Facts the report states beside the verdict (Driver Verifier's rules in effect, ...)."""
 
 
 class EventCollector:
@@ -231,17 +243,80 @@ async def _drive(
     with session.step("deploy", "copying the driver into the guest"):
         package = await asyncio.to_thread(package_for, config, request, session)
         driver = await deploy(session, guest, package)
+    verifier = config.driver.verifier
+    if verifier is not None:
+        guest = await switch_verifier_on(session, guest, driver, verifier)
+    await session.save_warm()
     outcome.hung = await run_scenarios(
         session, guest, driver, parameters_for(config, outcome.requested), collector
     )
     if outcome.hung:
         return  # a driver stuck in its load or its scenarios cannot be unloaded
+    if verifier is not None:
+        outcome.notes.append(await confirm_verifier(session, guest, driver, verifier))
     with session.step("remove", f"removing {driver.name}"):
         await session.call(
             guest.drivers.remove, driver, timeout=config.timeouts.command, what="removing the driver"
         )
     if request.keep_vm_for is not None:
         await session.keep(request.keep_vm_for)
+
+
+async def switch_verifier_on(
+    session: VmSession, guest: Guest, driver: DeployedDriver, verifier: VerifierConfig
+) -> Guest:
+    """Driver Verifier on for the deployed driver, before it loads: at once, or through one reboot.
+
+    A guest restored from a warm snapshot taken after this step already has the rules (its registry
+    says so) and is not rebooted again. Returns the guest, logged in again after a reboot.
+    """
+    name = PureWindowsPath(driver.guest_binary).name
+    timeout = session.config.timeouts.command
+    with session.step("verifier", f"Driver Verifier for {name}: {', '.join(verifier.names)}"):
+        shown = await session.call(
+            run_verifier,
+            guest.transport,
+            ["verifier", "/querysettings"],
+            "verifier /querysettings",
+            timeout=timeout,
+            what="reading Driver Verifier's settings",
+        )
+        if not verifier.volatile and already_set(verifier, name, parse_querysettings(shown)):
+            session.progress.note(f"Driver Verifier already on for {name} (from the warm snapshot)")
+            return guest
+        await session.call(
+            run_verifier,
+            guest.transport,
+            enable_command(verifier, name),
+            "switching Driver Verifier on",
+            timeout=timeout,
+            what="switching Driver Verifier on",
+        )
+    if verifier.volatile:
+        return guest
+    return await session.reboot(WINDOWS_REBOOT, "rebooting so that Driver Verifier's rules take effect")
+
+
+async def confirm_verifier(
+    session: VmSession, guest: Guest, driver: DeployedDriver, verifier: VerifierConfig
+) -> str:
+    """After the driver ran: ``verifier /query`` must show the rules and the driver as verified."""
+    name = PureWindowsPath(driver.guest_binary).name
+    shown = await session.call(
+        run_verifier,
+        guest.transport,
+        ["verifier", "/query"],
+        "verifier /query",
+        timeout=session.config.timeouts.command,
+        what="reading what Driver Verifier applied",
+    )
+    try:
+        state = parse_query(shown)
+    except ValueError as error:
+        raise GuestError(str(error)) from None
+    line = verifier_confirmation(verifier, name, state)
+    session.progress.note(line)
+    return line
 
 
 async def deploy(session: VmSession, guest: Guest, package: Path) -> DeployedDriver:

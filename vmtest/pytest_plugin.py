@@ -17,6 +17,7 @@ import pytest
 
 from vmtest.config import load_config
 from vmtest.config.models import VmtestConfig
+from vmtest.config.verifier import VerifierConfig
 from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.errors import VmtestError
 from vmtest.guest.connect import Guest
@@ -44,6 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register the marker."""
     config.addinivalue_line(
         "markers", "vmtest_guest(kind): run only when the configured guest is of this kind"
+    )
+    config.addinivalue_line(
+        "markers",
+        "vmtest_verifier: run the test's scenarios under Driver Verifier (a Windows guest of its own, with "
+        "driver.verifier from the configuration or IRQL checking and deadlock detection)",
     )
     config.stash[_RUNNERS_KEY] = []
 
@@ -94,25 +100,54 @@ def vmtest_driver(vmtest_vm: ScenarioRunner) -> DeployedDriver:
     return vmtest_vm.deploy()
 
 
+@pytest.fixture(scope="session")
+def vmtest_verifier_vm(vmtest_config: VmtestConfig, pytestconfig: pytest.Config) -> Iterator[ScenarioRunner]:
+    """A second VM for tests marked ``vmtest_verifier``: the same guest with Driver Verifier on."""
+    verifier = vmtest_config.driver.verifier or VerifierConfig()
+    driver = vmtest_config.driver.model_copy(update={"verifier": verifier})
+    config = vmtest_config.model_copy(
+        update={"driver": driver, "artifacts": Path(vmtest_config.artifacts) / "verifier"}
+    )
+    runner = ScenarioRunner(config, driver=pytestconfig.getoption("vmtest_driver"))
+    pytestconfig.stash[_RUNNERS_KEY].append(runner)
+    try:
+        runner.start()
+        yield runner
+    finally:
+        runner.close()
+
+
 @pytest.fixture
-def run_scenario(vmtest_vm: ScenarioRunner, vmtest_driver: DeployedDriver) -> Callable[..., ScenarioResult]:
-    """``run_scenario(name, **params)``: load the driver for one scenario, judge it, unload it."""
+def run_scenario(request: pytest.FixtureRequest) -> Callable[..., ScenarioResult]:
+    """``run_scenario(name, **params)``: load the driver for one scenario, judge it, unload it.
+
+    A test marked ``vmtest_verifier`` runs on the VM with Driver Verifier on.
+    """
+    verified = request.node.get_closest_marker("vmtest_verifier") is not None
+    runner: ScenarioRunner = request.getfixturevalue("vmtest_verifier_vm" if verified else "vmtest_vm")
+    runner.deploy()
 
     def run(name: str, **params: str | int) -> ScenarioResult:
-        return vmtest_vm.run((name,), params)
+        return runner.run((name,), params)
 
     return run
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip tests marked for another guest kind than the configured one."""
+    """Skip tests marked for another guest kind than the configured one, and Verifier tests off Windows."""
     marked = [item for item in items if item.get_closest_marker("vmtest_guest")]
-    if not marked:
+    verified = [item for item in items if item.get_closest_marker("vmtest_verifier")]
+    if not marked and not verified:
         return
     try:
         kind = load_config(config.getoption("vmtest_config")).guest.kind
     except VmtestError as error:
         raise pytest.UsageError(str(error)) from None
+    if kind != "windows11":
+        for item in verified:
+            item.add_marker(
+                pytest.mark.skip(reason=f"Driver Verifier needs a windows11 guest; this one is {kind}")
+            )
     for item in marked:
         marker = item.get_closest_marker("vmtest_guest")
         assert marker is not None

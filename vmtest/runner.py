@@ -134,7 +134,7 @@ class ScenarioRunner:
             return collector.events
 
         events = self.background.run(batch(), self.config.timeouts.scenarios * 2 + 120)
-        verdict = judge_lines(lines, self.config.verdict, scenarios, qmp_crashes)
+        verdict = judge_lines(lines, self.config.judging, scenarios, qmp_crashes)
         return ScenarioResult(tuple(events), verdict, self.run_dir, tuple(lines))
 
     def capture_tail(self, count: int) -> list[str]:

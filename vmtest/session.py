@@ -12,7 +12,7 @@ import contextvars
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +23,7 @@ from vmtest.capture.debugview import DebugViewSource
 from vmtest.capture.source import Capture, CaptureSource
 from vmtest.config.models import VmtestConfig
 from vmtest.config.windows import Windows11GuestConfig
+from vmtest.drivers.verifier import guest_setup
 from vmtest.errors import DeadlineExceeded, InfraError
 from vmtest.guest.banner import wait_for_ssh_banner
 from vmtest.guest.connect import Guest, GuestAccess, access_for, guest_for
@@ -83,6 +84,7 @@ class VmSession:
         self.restored = False
         """Whether the running guest came from a snapshot (its clock needs setting after login)."""
         self._warm: WarmStart | None = None
+        self._warm_deferred = False
 
     @contextmanager
     def step(self, phase: str, description: str) -> Iterator[None]:
@@ -123,7 +125,8 @@ class VmSession:
         await profile.start_helpers(self.run_dir.path)
         machine = Machine(profile, config.machine, config.timeouts, self.run_dir, accel=accel)
         if config.machine.warm:
-            self._warm = await asyncio.to_thread(WarmStart.prepare, machine, default_cache_root())
+            setup = guest_setup(config)
+            self._warm = await asyncio.to_thread(WarmStart.prepare, machine, default_cache_root(), setup)
             if self._warm is not None and self._warm.entry is not None and await self._boot_warm(self._warm):
                 return
         self.machine = machine
@@ -132,8 +135,53 @@ class VmSession:
         with self.step("ready", "waiting for the guest to be ready"):
             await self._wait_ready(machine)
         if self._warm is not None:
+            if guest_setup(config):  # the snapshot is taken once the guest is set up (see save_warm)
+                self._warm_deferred = True
+                return
             with self.step("snapshot", "saving a snapshot of the ready guest"):
                 self.snapshot = await self._warm.checkpoint(machine, config.timeouts.boot)
+
+    async def save_warm(self) -> None:
+        """Save the warm snapshot held back until the guest was set up (Driver Verifier on, rebooted)."""
+        if self._warm is None or not self._warm_deferred:
+            return
+        self._warm_deferred = False
+        machine = self._require_machine()
+        with self.step("snapshot", "saving a snapshot of the set-up guest"):
+            self.snapshot = await self._warm.checkpoint(machine, self.config.timeouts.boot)
+
+    async def reboot(self, command: Sequence[str], reason: str) -> Guest:
+        """Reboot the guest's OS inside the same QEMU (its disks kept), wait until it is ready, log in again.
+
+        QEMU normally ends when the guest reboots (``-action reboot=shutdown``, so that a crash that
+        reboots ends the run); for this reboot QMP ``set-action`` makes it reset instead, and then
+        restores the usual action. ``command`` is the guest's own reboot command.
+        """
+        machine = self._require_machine()
+        guest = self.guest
+        if guest is None:
+            raise InfraError("cannot reboot a guest that is not logged in", phase="reboot")
+        marker = machine.profile.ready_marker
+        with self.step("reboot", reason):
+            await machine.monitor.execute("set-action", {"reboot": "reset"})
+            try:
+                ready = machine.consoles["console"].marker(marker, include_recent=False) if marker else None
+                result = await self.call(
+                    guest.transport.run,
+                    list(command),
+                    timeout=self.config.timeouts.command,
+                    what="asking the guest to reboot",
+                )
+                result.check("the guest's reboot command")
+                guest.close()
+                if ready is not None:
+                    await machine.wait(
+                        ready, self.config.timeouts.boot, f"waiting for {marker!r} after the reboot"
+                    )
+            finally:
+                await machine.monitor.execute("set-action", {"reboot": "shutdown"})
+        self.guest = None
+        return await self.connect()
 
     async def _boot_warm(self, warm: WarmStart) -> bool:
         """Start from the warm snapshot; on failure stop that VM, log why, and return False (boot cold)."""

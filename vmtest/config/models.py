@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 
+from vmtest.config.verifier import VerifierConfig
 from vmtest.verdict.config import VerdictConfig
 
 __all__ = [
@@ -141,6 +142,9 @@ class DriverConfig(_Strict):
     parameters: dict[str, str | int] = Field(
         default_factory=dict, description="extra driver parameters (registry values / module parameters)"
     )
+    verifier: VerifierConfig | None = Field(
+        None, description="run the driver under Windows Driver Verifier (Windows guests; off by default)"
+    )
 
 
 class SuiteConfig(_Strict):
@@ -165,9 +169,22 @@ class VmtestConfig(_Strict):
     _secret_paths: frozenset[tuple[str | int, ...]] = PrivateAttr(default=frozenset())
 
     @model_validator(mode="after")
+    def _verifier_on_windows(self) -> VmtestConfig:
+        if self.driver.verifier is not None and self.guest.kind != "windows11":
+            raise ValueError(
+                "driver.verifier: Driver Verifier runs only on a Windows guest (guest.kind: windows11)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _remember_secrets(self, info: ValidationInfo) -> VmtestConfig:
         self._secret_paths = frozenset((info.context or {}).get("secret_paths", ()))
         return self
+
+    @property
+    def judging(self) -> VerdictConfig:
+        """The verdict settings a run is judged with: Driver Verifier's catches added when it is on."""
+        return self.verdict.with_verifier() if self.driver.verifier is not None else self.verdict
 
     def redacted(self) -> dict[str, Any]:
         """The resolved configuration as plain data, with every secret and environment value removed."""

@@ -62,7 +62,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -197,7 +197,7 @@ class WarmKey:
     material: dict[str, Any]
 
 
-def warm_key(machine: Machine) -> WarmKey:
+def warm_key(machine: Machine, setup: Mapping[str, object] | None = None) -> WarmKey:
     """The key of ``machine`` (not started): QEMU, its command line without the run's paths, their files."""
     profile = machine.profile
     run = machine.run_dir.path
@@ -214,6 +214,8 @@ def warm_key(machine: Machine) -> WarmKey:
         "files": {str(path): _stamp(path) for path in _named_files(args, run)},
         "base_disks": {str(path): _stamp(path) for path in bases},
     }
+    if setup:
+        material["setup"] = dict(setup)
     image = f"{profile.name}-{_digest([str(path) for path in bases])[:12]}"
     return WarmKey(image, _digest(material)[:16], material)
 
@@ -389,14 +391,20 @@ class WarmStart:
         self._lock: IO[str] | None = None
 
     @classmethod
-    def prepare(cls, template: Machine, cache_root: Path) -> WarmStart | None:
-        """Look up ``template``'s entry under ``cache_root/warm``; None if its profile has no snapshots."""
+    def prepare(
+        cls, template: Machine, cache_root: Path, setup: Mapping[str, object] | None = None
+    ) -> WarmStart | None:
+        """Look up ``template``'s entry under ``cache_root/warm``; None if its profile has no snapshots.
+
+        ``setup`` names what was done to the guest before the snapshot (Driver Verifier's rules), so
+        that a snapshot with it and one without never share an entry.
+        """
         profile = template.profile
         if not profile.snapshot_nodes:
             log.warning("the %s guest cannot be snapshotted; booting cold", profile.describe())
             return None
         store = WarmStore(cache_root / "warm")
-        key = warm_key(template)
+        key = warm_key(template, setup or {})
         warm = cls(template, store, key, store.find(key, len(profile.base_disks)))
         if warm.entry is not None:
             log.info("warm snapshot found: %s", warm.entry)

@@ -208,17 +208,41 @@ def render_html(report: RunReport, events: Sequence[Event], edges: Sequence[Lock
         f"<h1>vmtest: {_e(report.driver)} on {_e(report.guest)} — "
         f'<span class="{_e(report.status)}">{_e(report.status)}</span></h1>'
         + (f"<p>{_e(report.message)}</p>" if report.message else "")
+        + "".join(f'<p class="note">{_e(note)}</p>' for note in report.notes)
         + f"<p>{sum(1 for s in report.scenarios if s.passed)} of {len(report.scenarios)} scenario(s) passed in "
         f"{report.duration:.1f}s. Raw logs: {logs}</p>"
         f"<table><tr><th>scenario</th><th>verdict</th><th>first finding</th></tr>{rows}</table>"
         "<h2>Lock-order graph</h2><p>An arrow means a thread held the first mutex while acquiring the second; "
         "red arrows form a cycle: a potential deadlock.</p>"
         + _lock_graph(edges)
+        + _two_referees(report.scenarios)
         + ("<h2>Crashes</h2>" + crashes if crashes else "")
         + "<h2>Scenarios</h2>"
         + "".join(_scenario(s, by_scenario.get(s.name, [])) for s in report.scenarios)
         + ("<h2>Screenshots</h2>" + shots if shots else "")
         + f"<h2>Last lines captured</h2><pre>{tail}</pre></body></html>"
+    )
+
+
+def _two_referees(scenarios: Sequence[ScenarioReport]) -> str:
+    """Lock-order findings of vmtest's graph beside Driver Verifier's, per scenario that has either."""
+    rows = []
+    for scenario in scenarios:
+        ours = [f.message for f in scenario.findings if f.check == "lock_order"]
+        verifier = [f.message for f in scenario.findings if f.check == "verifier"]
+        if ours or verifier:
+            rows.append(
+                f"<tr><td>{_e(scenario.name)}</td><td><pre>{_lines(ours or ['none'])}</pre></td>"
+                f"<td><pre>{_lines(verifier or ['none'])}</pre></td></tr>"
+            )
+    if not rows:
+        return ""
+    return (
+        "<h2>Lock order: two referees</h2><p>vmtest's lock-order graph and Driver Verifier (deadlock "
+        "detection, IRQL checking) judged the same scenarios independently.</p>"
+        "<table><tr><th>scenario</th><th>vmtest's lock-order graph</th><th>Driver Verifier</th></tr>"
+        + "".join(rows)
+        + "</table>"
     )
 
 

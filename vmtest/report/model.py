@@ -48,6 +48,8 @@ class RunReport:
     screenshots: list[Path] = field(default_factory=list)
     capture_tail: list[str] = field(default_factory=list)
     crashes: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Facts stated beside the verdict, such as the Driver Verifier rules the driver ran under."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def artifact(self, name: str) -> Path:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vmtest.verdict.crashes import WINDOWS_SOURCES, Crash
 from vmtest.verdict.stop_codes import stop_code_by_name
 from vmtest.verdict.text import TextVerdictConfig
+from vmtest.verdict.verifier_rules import OPTIONS, violation_names
 
 __all__ = ["CHECK_NAMES", "AnalyzeConfig", "ExpectedCrash", "VerdictConfig"]
 
@@ -36,6 +37,11 @@ class ExpectedCrash(_Model):
     )
     linux_panic: bool = Field(
         True, description="accept a Linux kernel panic (or a panic QEMU reports without code)"
+    )
+    verifier: frozenset[str] = Field(
+        frozenset(),
+        description="Driver Verifier catches accepted, by option (deadlock_detection, irql_checking) or by "
+        "violation (lock_hierarchy_violation, wait_at_dispatch_with_timeout)",
     )
     linux_bugs: tuple[str, ...] = Field(
         ("scheduling while atomic", "sleeping function called from invalid context"),
@@ -62,6 +68,18 @@ class ExpectedCrash(_Model):
             codes.append(item)
         return codes
 
+    @field_validator("verifier")
+    @classmethod
+    def _verifier(cls, value: frozenset[str]) -> frozenset[str]:
+        known = violation_names() | {option.name for option in OPTIONS}
+        unknown = sorted(value - known)
+        if unknown:
+            raise ValueError(
+                f"unknown Driver Verifier option or violation {', '.join(unknown)}; "
+                f"options: {', '.join(option.name for option in OPTIONS)}"
+            )
+        return value
+
     @field_validator("linux_bugs")
     @classmethod
     def _patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
@@ -75,6 +93,9 @@ class ExpectedCrash(_Model):
     def accepts(self, crash: Crash) -> bool:
         """Whether ``crash`` is one this negative control is meant to cause."""
         if crash.source in WINDOWS_SOURCES:
+            violation = crash.violation
+            if violation is not None and {violation.option, violation.name} & self.verifier:
+                return True
             return crash.code is not None and (crash.code & ~0x10000000) in self.stop_codes
         if crash.source in ("linux-panic", "qemu-panic"):
             return self.linux_panic
@@ -85,6 +106,8 @@ class ExpectedCrash(_Model):
         parts = []
         if self.stop_codes:
             parts.append("a bugcheck " + "/".join(f"{code:#x}" for code in sorted(self.stop_codes)))
+        if self.verifier:
+            parts.append("a Driver Verifier catch (" + " | ".join(sorted(self.verifier)) + ")")
         if self.linux_bugs:
             parts.append("a Linux BUG (" + " | ".join(self.linux_bugs) + ")")
         if self.linux_panic:
@@ -98,6 +121,15 @@ DEFAULT_EXPECTED_CRASHES: dict[str, ExpectedCrash | None] = {
     "neg_wait_at_dispatch": ExpectedCrash(stop_codes=frozenset({0xA, 0xD1, 0xB8})),
 }
 DEFAULT_EXPECTED_FINDINGS: dict[str, tuple[str, ...] | None] = {"neg_lock_inversion": ("lock_order",)}
+VERIFIER_EXPECTED_CRASHES: dict[str, ExpectedCrash] = {
+    # Under Driver Verifier the negative controls are caught by it as well (wdk-mutex suite, tests/mutex):
+    # the inversion by deadlock detection (0xC4/0x1001, "a lock hierarchy violation"), the wait at
+    # DISPATCH_LEVEL by IRQL checking (0xC4/0x120-0x122) or, as without Verifier, as 0xA/0xD1/0xB8.
+    "neg_lock_inversion": ExpectedCrash(verifier=frozenset({"lock_hierarchy_violation"}), linux_panic=False),
+    "neg_wait_at_dispatch": ExpectedCrash(
+        stop_codes=frozenset({0xA, 0xD1, 0xB8}), verifier=frozenset({"irql_checking"}), linux_panic=False
+    ),
+}
 
 
 class VerdictConfig(_Model):
@@ -115,6 +147,17 @@ class VerdictConfig(_Model):
     tail_lines: int = Field(8, ge=1, le=1000, description="lines quoted for a scenario that hung")
     reorder_window: int = Field(65536, ge=16, description="events held back to put late lines in seq order")
     findings_per_check: int = Field(20, ge=1, description="findings kept per check and scenario")
+
+    def with_verifier(self) -> VerdictConfig:
+        """These settings for a run under Driver Verifier: the negative controls expect its catches.
+
+        A scenario the configuration set itself (to something other than the default) keeps its setting.
+        """
+        crashes = {**VERIFIER_EXPECTED_CRASHES, **self.expected_crashes}
+        for name, default in DEFAULT_EXPECTED_CRASHES.items():
+            if crashes.get(name) == default and name in VERIFIER_EXPECTED_CRASHES:
+                crashes[name] = VERIFIER_EXPECTED_CRASHES[name]  # a default, not the user's: Verifier's wins
+        return self.model_copy(update={"expected_crashes": crashes})
 
     @field_validator("expected_crashes")
     @classmethod

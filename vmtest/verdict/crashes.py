@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from vmtest.verdict.stop_codes import describe_stop, stop_code_name
+from vmtest.verdict.verifier_rules import Violation, decode_violation
 
 __all__ = ["Crash", "CrashScanner", "CrashSource", "crash_from_console", "crash_from_qmp"]
 
@@ -63,10 +64,20 @@ class Crash:
             return "Kernel panic"
         return "guest panic"
 
+    @property
+    def violation(self) -> Violation | None:
+        """The Driver Verifier violation this bugcheck reports (0xC4 and its relatives), or None."""
+        if self.code is None or self.source not in WINDOWS_SOURCES:
+            return None
+        return decode_violation(self.code, self.params)
+
     def describe(self) -> str:
         """One line for a report."""
         if self.code is not None and self.source in WINDOWS_SOURCES:
             text = f"bugcheck {describe_stop(self.code, self.params)}"
+            violation = self.violation
+            if violation is not None:
+                text += f"; {violation.describe(self.params)}"
         elif self.source == "linux-panic":
             text = f"Linux kernel panic: {self.message}"
         elif self.source == "linux-bug":
@@ -91,7 +102,15 @@ class Crash:
             "message": self.message,
             "screenshot": self.screenshot or None,
             "lineno": self.lineno,
+            "verifier": _violation_dict(self.violation),
         }
+
+
+def _violation_dict(violation: Violation | None) -> dict[str, Any] | None:
+    if violation is None:
+        return None
+    subcode = f"{violation.subcode:#x}" if violation.subcode is not None else None
+    return {"option": violation.option, "name": violation.name, "subcode": subcode}
 
 
 def crash_from_qmp(data: Mapping[str, Any], *, screenshot: str = "") -> Crash:
