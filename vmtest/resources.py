@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import os
 from dataclasses import dataclass
 from importlib import resources
@@ -47,20 +48,25 @@ class Resource:
         """The folder on disk: the override, else the installed package's copy, else the source tree's.
 
         Returns where it should be even when it is missing there; callers check what they need in it
-        and name this variable in their error.
+        and name :attr:`override` in their error.
         """
         explicit = os.environ.get(self.override)
         if explicit:
             return Path(explicit).expanduser()
-        bundled = resources.files("vmtest").joinpath(f"{BUNDLE}/{self.relative}")
-        if bundled.is_dir():
-            # A wheel installs as plain files, so this is the folder itself; as_file copies it out
-            # only for an install that is not on disk (a zip), for as long as this process runs.
-            return _extracted.enter_context(resources.as_file(bundled))
-        source_tree = Path(__file__).resolve().parent.parent / self.relative
-        if source_tree.is_dir():
-            return source_tree
-        return Path(str(bundled))
+        return _shipped(self.relative)
+
+
+@functools.cache
+def _shipped(relative: str) -> Path:
+    bundled = resources.files("vmtest").joinpath(f"{BUNDLE}/{relative}")
+    if bundled.is_dir():
+        # A wheel installs as plain files, so as_file gives the folder itself; an install that is not
+        # on disk (a zip, Python 3.12+) is copied out to a folder that lasts as long as this process.
+        return _extracted.enter_context(resources.as_file(bundled))
+    source_tree = Path(__file__).resolve().parent.parent / relative
+    if source_tree.is_dir():
+        return source_tree
+    return Path(str(bundled))
 
 
 LINUX_IMAGE_FILES = Resource("images/linux", "VMTEST_LINUX_IMAGE_FILES")
