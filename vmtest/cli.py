@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from vmtest import __version__
 from vmtest.capture.source import printable_lines
 from vmtest.cli_image import add_image_build_options, image_build
 from vmtest.config import DEFAULT_CONFIG_NAME, load_config
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="vmtest", description="Integration tests for kernel drivers in QEMU virtual machines."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log vmtest's own steps to stderr")
+    parser.add_argument("--version", action="version", version=f"vmtest {__version__}")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
     run = commands.add_parser(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
 from typing import TextIO
 
+from vmtest import resources
 from vmtest.capture.source import CapturedLine, CaptureEvent
 from vmtest.config.models import VmtestConfig
 from vmtest.config.verifier import VerifierConfig
@@ -53,8 +54,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DRIVERS_DIR = Path(__file__).resolve().parent.parent / "drivers"
-LINUX_TEST_MODULE = DRIVERS_DIR / "linux-mutex-tests"
+LINUX_TEST_MODULE = resources.LINUX_TEST_MODULE.path()
 MAX_PROBLEMS = 100  # protocol problems kept (a guest may print endless malformed lines)
 MAX_PROBLEM_TEXT = 500
 

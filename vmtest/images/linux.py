@@ -2,9 +2,10 @@
 
 The guest is a Debian kernel booted with a small initramfs: busybox, dropbear (SSH with a pinned host
 key and a generated client key), OpenSSH's ``sftp-server``, the few kernel modules the guest needs, and
-the init script kept in ``images/linux/`` of the source tree. A small ext4 base disk (qcow2) carries a
-marker file; vmtest runs every VM on an overlay of it. Kernel headers are unpacked (not installed) into
-the image so that out-of-tree modules build with ``make -C <headers> M=<dir> modules``.
+the init script kept in ``images/linux/`` (shipped in the package, found by :mod:`vmtest.resources`).
+A small ext4 base disk (qcow2) carries a marker file; vmtest runs every VM on an overlay of it. Kernel
+headers are unpacked (not installed) into the image so that out-of-tree modules build with
+``make -C <headers> M=<dir> modules``.
 
 Only the kernel and its headers are downloaded (``apt-get download``, unpacked with ``dpkg-deb -x``);
 busybox-static, dropbear-bin and openssh-sftp-server are copied from the host's installed packages.
@@ -40,6 +41,7 @@ from vmtest.errors import ImageError
 from vmtest.images.digest import sha256_file
 from vmtest.images.keys import CLIENT_KEY_PATH, CLIENT_PUBLIC_KEY_PATH, make_client_key
 from vmtest.images.manifest import MANIFEST_NAME, read_json_manifest
+from vmtest.resources import LINUX_IMAGE_FILES
 
 __all__ = [
     "READY_MARKER",
@@ -168,16 +170,16 @@ def default_cache_root() -> Path:
 
 
 def image_files_dir() -> Path:
-    """Return the directory of the guest's plain files (init, configs): ``images/linux`` of the source.
+    """Return the directory of the guest's plain files (init, configs): ``images/linux``.
 
-    ``$VMTEST_LINUX_IMAGE_FILES`` overrides it (for installs that do not ship the source tree).
+    Found by :data:`vmtest.resources.LINUX_IMAGE_FILES` (shipped in the package, or the source tree's;
+    ``$VMTEST_LINUX_IMAGE_FILES`` overrides it).
     """
-    override = os.environ.get("VMTEST_LINUX_IMAGE_FILES")
-    path = Path(override) if override else Path(__file__).resolve().parents[2] / "images" / "linux"
+    path = LINUX_IMAGE_FILES.path()
     if not (path / "rootfs" / "init").is_file():
         raise ImageError(
-            f"the Linux guest's files are not at {path} (expected rootfs/init there); "
-            "set VMTEST_LINUX_IMAGE_FILES to the images/linux directory of the vmtest source tree"
+            f"the Linux guest's files are not at {path} (expected rootfs/init there); reinstall vmtest, "
+            f"or set {LINUX_IMAGE_FILES.override} to the images/linux directory of the vmtest source tree"
         )
     return path
 

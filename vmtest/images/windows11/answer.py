@@ -1,6 +1,6 @@
 """The answer file: :class:`AnswerSettings`, validated, rendered from the template into ``Autounattend.xml``.
 
-The template and the provisioning scripts are read from ``images/windows11`` of the source tree
+The template and the provisioning scripts are read from ``images/windows11``, shipped in the package
 (:func:`windows_files_dir`). The password is encoded the way Windows Setup expects (base64 UTF-16,
 not encryption), and every value is escaped by the XML serializer.
 """
@@ -8,7 +8,6 @@ not encryption), and every value is escaped by the XML serializer.
 from __future__ import annotations
 
 import base64
-import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
@@ -18,6 +17,7 @@ from pathlib import Path
 from vmtest.config.windows import check_windows_user_name
 from vmtest.errors import ConfigError, ImageError
 from vmtest.images.windows11.markers import MARKERS
+from vmtest.resources import WINDOWS_IMAGE_FILES
 
 __all__ = [
     "DEFAULT_COMPUTER_NAME",
@@ -221,16 +221,17 @@ def _renumber_orders(root: ET.Element) -> None:
 
 
 def windows_files_dir() -> Path:
-    """The answer-file template and scripts: ``images/windows11`` of the source tree.
+    """The answer-file template and scripts: ``images/windows11``.
 
-    ``$VMTEST_WINDOWS_IMAGE_FILES`` overrides it (for installs that do not ship the source tree).
+    Found by :data:`vmtest.resources.WINDOWS_IMAGE_FILES` (shipped in the package, or the source
+    tree's; ``$VMTEST_WINDOWS_IMAGE_FILES`` overrides it).
     """
-    override = os.environ.get("VMTEST_WINDOWS_IMAGE_FILES")
-    path = Path(override) if override else Path(__file__).resolve().parents[3] / "images" / "windows11"
+    path = WINDOWS_IMAGE_FILES.path()
     missing = [name for name in (TEMPLATE, *SCRIPTS) if not (path / name).is_file()]
     if missing:
         raise ImageError(
-            f"the Windows image files are not at {path} (missing {', '.join(missing)}); set "
-            "VMTEST_WINDOWS_IMAGE_FILES to the images/windows11 directory of the vmtest source tree"
+            f"the Windows image files are not at {path} (missing {', '.join(missing)}); reinstall "
+            f"vmtest, or set {WINDOWS_IMAGE_FILES.override} to the images/windows11 directory of the "
+            "vmtest source tree"
         )
     return path
