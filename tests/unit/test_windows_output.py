@@ -41,7 +41,8 @@ def test_every_sample_is_replayed_by_a_test() -> None:
         *CERTUTIL_FAILED,
         "root_enumerated.inf",
     }
-    elsewhere = "\n".join(path.read_text() for path in Path(__file__).parent.glob("test_windows_*.py"))
+    replaying = [*Path(__file__).parent.glob("test_windows_*.py"), Path(__file__).parent / "test_probe.py"]
+    elsewhere = "\n".join(path.read_text() for path in replaying)
     on_disk = {path.name for path in DATA.iterdir() if path.suffix in (".txt", ".inf")}
     unused = sorted(name for name in on_disk - covered if name not in elsewhere)
     # A sample named through a pattern (f"sc_query_failed_1060{suffix}.txt") counts by its stem's start.
