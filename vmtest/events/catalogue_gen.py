@@ -233,6 +233,18 @@ def render_rust(catalogue: Catalogue) -> str:
             "",
         ]
     out += [
+        "    /// Its one fixed parameter (name and value), if it has one.",
+        "    pub const fn fixed_param(self) -> Option<(&'static str, u32)> {",
+        "        match self {",
+    ]
+    for spec in specs:
+        fixed = [(name, value) for name, value in spec.params if isinstance(value, int)]
+        if len(fixed) > 1:
+            raise ValueError(f"{spec.name}: at most one fixed parameter")
+        if fixed:
+            out += [f'            Self::{_camel(spec.name)} => Some(("{fixed[0][0]}", {fixed[0][1]})),']
+    out += ["            _ => None,", "        }", "    }", ""]
+    out += [
         "    /// The scenario called `name`, if any.",
         "    pub fn from_name(name: &str) -> Option<Self> {",
         "        Self::ALL.into_iter().find(|scenario| scenario.name() == name)",

@@ -147,6 +147,15 @@ impl Scenario {
         )
     }
 
+    /// Its one fixed parameter (name and value), if it has one.
+    pub const fn fixed_param(self) -> Option<(&'static str, u32)> {
+        match self {
+            Self::NegLockInversion => Some(("delay_ms", 100)),
+            Self::NegWaitAtDispatch => Some(("timeout_ms", 10)),
+            _ => None,
+        }
+    }
+
     /// The scenario called `name`, if any.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|scenario| scenario.name() == name)
