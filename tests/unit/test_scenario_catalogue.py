@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -234,3 +235,126 @@ def test_a_second_release_event_is_what_made_it_fail_before() -> None:
     (item,) = judge(numbered(old), ["drop_safe_then_drop"]).scenarios
     assert item.status == "failed"
     assert any("which it did not hold" in finding.message for finding in item.findings)
+
+
+# ------------------------------------------------------------------ the Windows driver's source
+
+
+WINDOWS_SRC = ROOT / "drivers" / "wdk-mutex-tests" / "src"
+RUST_KIND = {"KMutex": "kmutex", "FastMutex": "fast_mutex"}
+
+
+def rust_code(path: Path) -> str:
+    """A Rust file without its ``//`` comments (no string in these files holds ``//``)."""
+    return re.sub(r"//[^\n]*", "", path.read_text())
+
+
+def windows_modules() -> dict[str, list[str]]:
+    """Scenario module file (``scenarios/<name>.rs``) -> the scenarios it implements, from mod.rs."""
+    dispatcher = rust_code(WINDOWS_SRC / "scenarios" / "mod.rs")
+    body = dispatcher[dispatcher.index("fn body(") :]
+    modules: dict[str, list[str]] = {}
+    for variant, module in re.findall(r"Scenario::(\w+)\s*=>\s*(\w+)::", body):
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", variant).lower()
+        modules.setdefault(module, []).append(name)
+    return modules
+
+
+def catalogue_items(names: list[str]) -> list[dict[str, object]]:
+    return [dict(item) for name in names for item in _flat_items(CATALOGUE.get(name).stream)]  # type: ignore[union-attr]
+
+
+def _flat_items(items: object) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for item in items:  # type: ignore[attr-defined]
+        if "each_thread" in item:
+            out += _flat_items(item["each_thread"])
+        elif "repeat" in item:
+            out += _flat_items(item["do"])
+        else:
+            out.append(item)
+    return out
+
+
+def test_the_windows_driver_dispatches_every_catalogue_scenario() -> None:
+    modules = windows_modules()
+    assert sorted(name for names in modules.values() for name in names) == sorted(ALL_SCENARIOS)
+
+
+def test_the_windows_driver_prints_no_name_of_its_own() -> None:
+    names = {
+        str(item["m"]) for spec in CATALOGUE.scenarios for item in _flat_items(spec.stream) if "m" in item
+    }
+    for path in sorted((WINDOWS_SRC / "scenarios").glob("*.rs")) + [WINDOWS_SRC / "mutexes.rs"]:
+        literals = set(re.findall(r'"([a-z0-9_]+)"', rust_code(path)))
+        assert not literals & names, (
+            f"{path.name}: writes {sorted(literals & names)} itself; use catalogue::m"
+        )
+
+
+@pytest.mark.parametrize("module", sorted(windows_modules()))
+def test_each_windows_scenario_module_follows_the_catalogue(module: str) -> None:
+    scenarios = windows_modules()[module]
+    source = rust_code(WINDOWS_SRC / "scenarios" / f"{module}.rs")
+    items = catalogue_items(scenarios)
+    stepped = [name for name in scenarios if CATALOGUE.steps(name)]
+
+    # the mutexes it creates: kind and catalogue name, where the source spells both out
+    aliases = dict(re.findall(r"const (\w+): &str = m::(\w+);", source))
+    created = {
+        (RUST_KIND[kind], aliases.get(name, name.removeprefix("m::")).lower())
+        for kind, name in re.findall(r"\b(KMutex|FastMutex)<\w+>(?:,\s*\w+)?>\(ctx,\s*((?:m::)?\w+)", source)
+        if name.startswith("m::") or name in aliases
+    }
+    declared = {(str(item["k"]), str(item["m"])) for item in items if item["ev"] == "mutex"}
+    assert created <= declared, f"{module}: creates {sorted(created - declared)}, not in the catalogue"
+    if module not in ("contention",):  # contention.rs creates through a generic helper
+        assert created == declared, (
+            f"{module}: the catalogue's mutexes {sorted(declared - created)} are missing"
+        )
+
+    # the operations of its calls: its own Op::X, mutexes::create's `new`, and the step tables' ops
+    ops = {re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower() for op in re.findall(r"\bOp::(\w+)", source)}
+    if "mutexes::create" in source:
+        ops.add("new")
+    for name in stepped:
+        table = name.upper()
+        assert re.search(rf"&{table}\b", source), f"{module}: does not use the {table} step table"
+        ops |= {str(step["op"]) for step in CATALOGUE.steps(name)}
+    wanted = {str(item["op"]) for item in items if item["ev"] == "call"}
+    assert wanted <= ops, f"{module}: never calls {sorted(wanted - ops)}"
+    assert ops - wanted <= {"lock"}, f"{module}: calls {sorted(ops - wanted)} the catalogue does not list"
+
+    # thread indices: the counted scenarios run config.threads threads, the others their fixed count
+    for name in scenarios:
+        spec = CATALOGUE.get(name)
+        assert spec is not None
+        if spec.threads == "$threads":
+            assert "run_on_threads(config.threads" in source, f"{name}: not on config.threads threads"
+        elif spec.threads != 1:
+            assert f"run_on_threads({spec.threads}," in source, f"{name}: not on {spec.threads} threads"
+
+
+def test_the_windows_step_tables_are_used_whole_and_in_order() -> None:
+    irql = rust_code(WINDOWS_SRC / "scenarios" / "irql_errors.rs")
+    match = re.search(r"let \[([^\]]*)\]\s*=\s*&IRQL_ERRORS;", irql)
+    assert match, "irql_errors.rs names each step of IRQL_ERRORS"
+    bindings = [name.strip() for name in match.group(1).split(",") if name.strip()]
+    assert len(bindings) == len(CATALOGUE.steps("irql_errors"))
+    after = irql[match.end() :]
+    uses = [min(m.start() for m in re.finditer(rf"\b{name}\b", after)) for name in bindings]
+    assert uses == sorted(uses), "irql_errors.rs makes the steps' calls in the table's order"
+    grt = rust_code(WINDOWS_SRC / "scenarios" / "grt_errors.rs")
+    assert "for step in &GRT_ERRORS" in grt
+
+
+def test_the_windows_parameters_are_the_catalogues() -> None:
+    dispatcher = rust_code(WINDOWS_SRC / "scenarios" / "mod.rs")
+    counted = {name for spec in CATALOGUE.scenarios if spec.counted for name, _ in spec.params}
+    assert set(re.findall(r'Param::int\("(\w+)",\s*u64::from\(config\.\w+\)\)', dispatcher)) == counted
+    assert "scenario.fixed_param()" in dispatcher
+    params = rust_code(WINDOWS_SRC / "params.rs")
+    for name in CATALOGUE.parameters:
+        upper = name.upper()
+        assert f"{upper}_DEFAULT" in params and f"{upper}_MIN, {upper}_MAX" in params, name
+    assert "Err(STATUS_INVALID_PARAMETER)" in params, "an unknown name or a bad number fails the load"
