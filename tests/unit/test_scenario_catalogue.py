@@ -36,7 +36,13 @@ from vmtest.verdict.crashes import Crash
 from vmtest.verdict.verdict import judge
 
 ROOT = Path(__file__).resolve().parents[2]
-EVENT_PROTOCOL_CRATE = ROOT / "drivers" / "event-protocol"
+WINDOWS_SRC = ROOT / "drivers" / "wdk-mutex-tests" / "src"
+EVENT_PROTOCOL_CRATE = next(
+    path
+    for path in (ROOT / "drivers" / "wdk-mutex-tests" / "event-protocol", ROOT / "drivers" / "event-protocol")
+    if (path / "Cargo.toml").is_file()
+)
+"""The event-protocol crate: inside the driver's folder, or beside it (before the driver carried it)."""
 
 
 def numbered(items: list[dict[str, str]], start: int = 1) -> list[Event]:
@@ -100,6 +106,32 @@ def test_the_generated_rust_module_compiles_against_the_event_protocol_crate(tmp
     )
     assert built.returncode == 0, built.stderr
 
+
+@pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo")
+def test_the_windows_driver_type_checks_against_stand_ins_of_the_wdk_crates(tmp_path: Path) -> None:
+    # tests/data/wdk_standins/README.md: the WDK crates' items the driver uses, without behaviour.
+    shutil.copytree(ROOT / "tests" / "data" / "wdk_standins", tmp_path / "standins")
+    driver = tmp_path / "driver"
+    driver.mkdir()
+    deps = "".join(f'{name} = {{ path = "{tmp_path / "standins" / name}" }}\n' for name in STANDINS)
+    (driver / "Cargo.toml").write_text(
+        '[package]\nname = "wdk-mutex-tests"\nversion = "0.1.0"\nedition = "2021"\n\n[workspace]\n\n'
+        f'[lib]\npath = "{WINDOWS_SRC / "lib.rs"}"\n\n[dependencies]\n{deps}'
+        f'vmtest-event-protocol = {{ path = "{EVENT_PROTOCOL_CRATE}" }}\n\n'
+        '[lints.rust]\nunsafe_op_in_unsafe_fn = "deny"\n'
+    )
+    checked = subprocess.run(
+        ["cargo", "check", "--offline", "--quiet"],
+        cwd=driver,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "CARGO_TARGET_DIR": str(tmp_path / "target"), "RUSTFLAGS": "-D warnings"},
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+STANDINS = ("wdk-alloc", "wdk-panic", "wdk-sys", "wdk-mutex")
 
 # --------------------------------------------------------------------------- catalogue content
 
@@ -240,7 +272,6 @@ def test_a_second_release_event_is_what_made_it_fail_before() -> None:
 # ------------------------------------------------------------------ the Windows driver's source
 
 
-WINDOWS_SRC = ROOT / "drivers" / "wdk-mutex-tests" / "src"
 RUST_KIND = {"KMutex": "kmutex", "FastMutex": "fast_mutex"}
 
 
