@@ -84,6 +84,8 @@ def test_the_check_names_a_stale_file(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "vm_catalogue.h" in capsys.readouterr().err
     assert main(["--root", str(tmp_path)]) == 0
     assert main(["--root", str(tmp_path), "--check"]) == 0
+    assert main(["--root", str(tmp_path / "elsewhere")]) == 2
+    assert "no drivers/scenarios.json under" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(shutil.which("cargo") is None, reason="needs cargo (the crate has no dependencies)")

@@ -306,6 +306,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[2], help="the checkout")
     parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file is stale")
     args = parser.parse_args(argv)
+    if not (args.root / CATALOGUE_FILE).is_file():
+        print(
+            f"catalogue_gen: no {CATALOGUE_FILE} under {args.root}: run it in a checkout, or pass --root",
+            file=sys.stderr,
+        )
+        return 2
     stale = []
     for path, text in generated_files(args.root).items():
         target = args.root / path

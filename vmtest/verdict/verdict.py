@@ -298,8 +298,12 @@ class _Verdict:
                     findings.append(_crash_finding(name, crash, expected_crash is not None))
                 else:
                     assert expected_crash is not None
-                    how = "as expected" if expected_crash.required else "as allowed"
-                    notes.append(f"negative control: crashed {how}: {crash.describe()}")
+                    how = (
+                        "negative control: crashed as expected"
+                        if expected_crash.required
+                        else "crashed as allowed here"
+                    )
+                    notes.append(f"{how}: {crash.describe()}")
             status: Status = "crashed" if unexpected else "failed" if findings else "passed"
             return _verdict(name, status, findings, notes, crashes)
         span = self.timeline.last(name)
