@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ from vmtest.events.scenarios import (
     DEFAULT_SCENARIOS,
     LAST_SCENARIOS,
     NEGATIVE_CONTROLS,
+    ScenarioSpec,
+    flat_items,
     run_order,
     stream_differences,
 )
@@ -293,20 +296,14 @@ def windows_modules() -> dict[str, list[str]]:
     return modules
 
 
-def catalogue_items(names: list[str]) -> list[dict[str, object]]:
-    return [dict(item) for name in names for item in _flat_items(CATALOGUE.get(name).stream)]  # type: ignore[union-attr]
+def catalogue_items(names: list[str]) -> list[Mapping[str, object]]:
+    return [item for name in names for item in flat_items(_spec(name).stream)]
 
 
-def _flat_items(items: object) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = []
-    for item in items:  # type: ignore[attr-defined]
-        if "each_thread" in item:
-            out += _flat_items(item["each_thread"])
-        elif "repeat" in item:
-            out += _flat_items(item["do"])
-        else:
-            out.append(item)
-    return out
+def _spec(name: str) -> ScenarioSpec:
+    spec = CATALOGUE.get(name)
+    assert spec is not None, name
+    return spec
 
 
 def test_the_windows_driver_dispatches_every_catalogue_scenario() -> None:
@@ -316,7 +313,7 @@ def test_the_windows_driver_dispatches_every_catalogue_scenario() -> None:
 
 def test_the_windows_driver_prints_no_name_of_its_own() -> None:
     names = {
-        str(item["m"]) for spec in CATALOGUE.scenarios for item in _flat_items(spec.stream) if "m" in item
+        str(item["m"]) for spec in CATALOGUE.scenarios for item in flat_items(spec.stream) if "m" in item
     }
     for path in sorted((WINDOWS_SRC / "scenarios").glob("*.rs")) + [WINDOWS_SRC / "mutexes.rs"]:
         literals = set(re.findall(r'"([a-z0-9_]+)"', rust_code(path)))

@@ -122,7 +122,6 @@ CATALOGUE_JSON = """{
       "expects": "each call matches the IRQL contract table",
       "params": [],
       "threads": 1,
-      "steps": "irql_errors",
       "stream": [
         {"ev": "call", "t": 0, "op": "new", "m": "km", "k": "kmutex", "irql": 0, "r": "Ok"},
         {"ev": "mutex", "m": "km", "k": "kmutex"},
@@ -153,7 +152,6 @@ CATALOGUE_JSON = """{
       "expects": "each call returns the documented error",
       "params": [],
       "threads": 1,
-      "steps": "grt_errors",
       "stream": [
         {"ev": "call", "t": 0, "op": "grt_get", "m": "km", "k": "kmutex", "irql": 0, "r": "GrtIsNull", "step": 1},
         {"ev": "call", "t": 0, "op": "grt_register", "m": "km", "k": "kmutex", "irql": 0, "r": "GrtIsNull", "step": 2},

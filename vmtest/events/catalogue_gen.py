@@ -17,11 +17,10 @@ import argparse
 import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from vmtest.events.scenarios import Catalogue, parse_catalogue
+from vmtest.events.scenarios import Catalogue, flat_items, parse_catalogue
 
 __all__ = ["CATALOGUE_FILE", "generated_files", "main", "render_c", "render_python", "render_rust"]
 
@@ -48,22 +47,10 @@ def _names(catalogue: Catalogue) -> list[str]:
     """Every mutex and counter name the scenarios print, in first-use order."""
     names: dict[str, None] = {}
     for spec in catalogue.scenarios:
-        for item in _flat(spec.stream):
+        for item in flat_items(spec.stream):
             if "m" in item:
                 names.setdefault(item["m"], None)
     return list(names)
-
-
-def _flat(items: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    out: list[Mapping[str, Any]] = []
-    for item in items:
-        if "each_thread" in item:
-            out += _flat(item["each_thread"])
-        elif "repeat" in item:
-            out += _flat(item["do"])
-        else:
-            out.append(item)
-    return out
 
 
 def _fixed_params(catalogue: Catalogue) -> dict[str, int]:

@@ -27,6 +27,7 @@ __all__ = [
     "Catalogue",
     "Parameter",
     "ScenarioSpec",
+    "flat_items",
     "parse_catalogue",
     "run_order",
     "stream_differences",
@@ -107,7 +108,7 @@ class Catalogue:
     def steps(self, name: str) -> list[Mapping[str, Any]]:
         """The numbered ``call`` steps of a scenario, in step order (its drivers' step table)."""
         spec = self.get(name)
-        items = [item for item in _flat(spec.stream if spec else ()) if "step" in item]
+        items = [item for item in flat_items(spec.stream if spec else ()) if "step" in item]
         return sorted(items, key=lambda item: int(item["step"]))
 
 
@@ -150,12 +151,13 @@ def _value(value: int | str, threads: int, iterations: int, t: int | None = None
     return str(known[value]) if value in known else value
 
 
-def _flat(items: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
+def flat_items(items: Iterable[Mapping[str, Any]]) -> Iterable[Mapping[str, Any]]:
+    """The events a stream names, each once (``each_thread`` and ``repeat`` blocks opened, not expanded)."""
     for item in items:
         if "each_thread" in item:
-            yield from _flat(item["each_thread"])
+            yield from flat_items(item["each_thread"])
         elif "repeat" in item:
-            yield from _flat(item["do"])
+            yield from flat_items(item["do"])
         else:
             yield item
 
