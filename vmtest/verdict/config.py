@@ -2,8 +2,11 @@
 
 ``VerdictConfig`` is the ``verdict:`` section of a configuration file; ``AnalyzeConfig`` is what
 ``vmtest analyze --config`` reads (only that section; other sections of a full ``vmtest.yaml`` are
-ignored there). Scenarios named in ``expected_crashes`` / ``expected_findings`` replace the defaults
-for that scenario; ``null`` removes a default.
+ignored there). The defaults are the scenario catalogue's (``drivers/scenarios.json``, each
+scenario's ``verdict``): ``neg_wait_at_dispatch`` must crash, ``drop_safe_then_drop`` may (a crash
+with ``required: false``), ``neg_lock_inversion`` must be flagged by ``lock_order``. Scenarios named
+in ``expected_crashes`` / ``expected_findings`` replace the defaults for that scenario; ``null``
+removes a default.
 """
 
 from __future__ import annotations
