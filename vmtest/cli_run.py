@@ -18,7 +18,7 @@ from vmtest.capture.source import printable_lines
 from vmtest.config import load_config
 from vmtest.config.models import VmtestConfig
 from vmtest.errors import EXIT_INFRA, EXIT_TEST_FAILURE, ConfigError, InfraError
-from vmtest.events.scenarios import DEFAULT_SCENARIOS
+from vmtest.events.scenarios import DEFAULT_SCENARIOS, run_order
 from vmtest.loop import run_main
 from vmtest.parallel import merge_outcomes, merge_verdicts, run_parallel
 from vmtest.pipeline import RunOutcome, RunRequest, run_pipeline
@@ -38,9 +38,15 @@ EXIT_INTERRUPTED = 130
 
 
 def shard(scenarios: Sequence[str], spec: str | None) -> tuple[str, ...]:
-    """The stable share ``I/N`` of ``scenarios``: every N-th one, starting at the I-th, in sorted order."""
+    """The stable share ``I/N`` of ``scenarios``: every N-th one, starting at the I-th.
+
+    The scenarios keep the order given (the catalogue's, when none were named), except that those the
+    catalogue marks ``last`` move to the end: a bugcheck there cannot lose the others, in a whole run
+    (no ``spec``) and in each shard alike.
+    """
+    ordered = run_order(scenarios)
     if spec is None:
-        return tuple(scenarios)
+        return ordered
     try:
         index_text, count_text = spec.split("/")
         index, count = int(index_text), int(count_text)
@@ -48,7 +54,7 @@ def shard(scenarios: Sequence[str], spec: str | None) -> tuple[str, ...]:
         raise ConfigError(f"--shard takes I/N, such as 2/4 (got {spec!r})") from None
     if count < 1 or not 1 <= index <= count:
         raise ConfigError(f"--shard {spec}: I must be between 1 and N")
-    return tuple(name for position, name in enumerate(sorted(scenarios)) if position % count == index - 1)
+    return tuple(name for position, name in enumerate(ordered) if position % count == index - 1)
 
 
 def run_command(

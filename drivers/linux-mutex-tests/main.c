@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * vmtest_mutex_tests: the Linux twin of the wdk-mutex test driver. Loading it runs the scenarios
- * named in scenarios= (by default every one that is not a negative control) in module init, and
- * prints what happens as vmtest event lines (drivers/PROTOCOL.md) from run-start to run-end.
+ * named in scenarios= (by default every one that is not a negative control, those the catalogue
+ * marks last at the end) in module init, and prints what happens as vmtest event lines
+ * (drivers/PROTOCOL.md, drivers/scenarios.json) from run-start to run-end. An unknown scenario or a
+ * parameter out of the catalogue's range fails the load with -EINVAL, naming it.
  */
 #include <linux/init.h>
 #include <linux/kernel.h>
@@ -18,40 +20,48 @@ static char *scenarios;
 module_param(scenarios, charp, 0444);
 MODULE_PARM_DESC(scenarios, "comma-separated scenario names (default: all but the neg_* controls)");
 
-static int threads = 3;
+static int threads = VM_THREADS_DEFAULT;
 module_param(threads, int, 0444);
-MODULE_PARM_DESC(threads, "threads of the contention scenarios (1-16, default 3)");
+MODULE_PARM_DESC(threads, "threads of the contention scenarios (see drivers/scenarios.json)");
 
-static int iterations = 500;
+static int iterations = VM_ITERATIONS_DEFAULT;
 module_param(iterations, int, 0444);
-MODULE_PARM_DESC(iterations, "lock iterations per thread (1-100000, default 500)");
+MODULE_PARM_DESC(iterations, "lock iterations per thread (see drivers/scenarios.json)");
 
 atomic64_t vm_seq = ATOMIC64_INIT(0);
 
 #define VM_MAX_CHOSEN 32
 
-static const struct vm_scenario *vm_find(const char *name)
+static int vm_find(const char *name)
 {
 	unsigned int i;
 
-	for (i = 0; i < vm_scenario_count; i++)
+	for (i = 0; i < VM_SCENARIO_COUNT; i++)
 		if (!strcmp(vm_scenarios[i].name, name))
-			return &vm_scenarios[i];
-	return NULL;
+			return i;
+	return -1;
 }
 
-/* Fills chosen[] from the scenarios parameter; a negative errno for an unknown name. */
-static int vm_choose(const struct vm_scenario **chosen, unsigned int *count)
+/*
+ * Fills chosen[] with catalogue indices from the scenarios parameter (default: every scenario but
+ * the negative controls, those marked last at the end); a negative errno for an unknown name.
+ */
+static int vm_choose(unsigned int *chosen, unsigned int *count)
 {
 	char *list, *cursor, *name;
-	int err = 0;
+	int err = 0, index;
 	unsigned int i;
+	bool last;
 
 	*count = 0;
 	if (!scenarios) {
-		for (i = 0; i < vm_scenario_count; i++)
-			if (!vm_scenarios[i].negative)
-				chosen[(*count)++] = &vm_scenarios[i];
+		for (last = false; *count < VM_SCENARIO_COUNT; last = true) {
+			for (i = 0; i < VM_SCENARIO_COUNT; i++)
+				if (!vm_scenarios[i].negative && vm_scenarios[i].last == last)
+					chosen[(*count)++] = i;
+			if (last)
+				break;
+		}
 		return 0;
 	}
 	list = kstrdup(scenarios, GFP_KERNEL);
@@ -68,13 +78,13 @@ static int vm_choose(const struct vm_scenario **chosen, unsigned int *count)
 			err = -E2BIG;
 			break;
 		}
-		chosen[*count] = vm_find(name);
-		if (!chosen[*count]) {
+		index = vm_find(name);
+		if (index < 0) {
 			pr_err("%s: unknown scenario '%s'\n", VM_DRIVER_NAME, name);
 			err = -EINVAL;
 			break;
 		}
-		(*count)++;
+		chosen[(*count)++] = index;
 	}
 	kfree(list);
 	return err;
@@ -82,19 +92,20 @@ static int vm_choose(const struct vm_scenario **chosen, unsigned int *count)
 
 static int __init vm_mutex_tests_init(void)
 {
-	const struct vm_scenario *chosen[VM_MAX_CHOSEN];
+	unsigned int chosen[VM_MAX_CHOSEN];
 	struct vm_params params = { .threads = threads, .iterations = iterations };
 	unsigned int count, i;
 	int err;
 
-	if (threads < 1 || threads > VM_MAX_THREADS) {
-		pr_err("%s: threads=%d is out of range 1-%d\n", VM_DRIVER_NAME, threads,
-		       VM_MAX_THREADS);
+	BUILD_BUG_ON(VM_SCENARIO_COUNT > VM_MAX_CHOSEN);
+	if (threads < VM_THREADS_MIN || threads > VM_THREADS_MAX) {
+		pr_err("%s: threads=%d is out of range %d-%d\n", VM_DRIVER_NAME, threads,
+		       VM_THREADS_MIN, VM_THREADS_MAX);
 		return -EINVAL;
 	}
-	if (iterations < 1 || iterations > VM_MAX_ITERATIONS) {
-		pr_err("%s: iterations=%d is out of range 1-%d\n", VM_DRIVER_NAME, iterations,
-		       VM_MAX_ITERATIONS);
+	if (iterations < VM_ITERATIONS_MIN || iterations > VM_ITERATIONS_MAX) {
+		pr_err("%s: iterations=%d is out of range %d-%d\n", VM_DRIVER_NAME, iterations,
+		       VM_ITERATIONS_MIN, VM_ITERATIONS_MAX);
 		return -EINVAL;
 	}
 	err = vm_choose(chosen, &count);

@@ -4,8 +4,7 @@
 
 #include <linux/types.h>
 
-#define VM_MAX_THREADS 16
-#define VM_MAX_ITERATIONS 100000
+#include "vm_catalogue.h"
 
 struct vm_params {
 	int threads;
@@ -17,18 +16,10 @@ struct vm_outcome {
 	char msg[256];		/* empty, or why (no line breaks) */
 };
 
-struct vm_scenario {
-	const char *name;
-	bool negative;		/* a negative control: runs only when named */
-	bool counted;		/* uses threads and iterations */
-	void (*run)(const struct vm_scenario *scenario, const struct vm_params *params,
-		    struct vm_outcome *outcome);
-};
+/* The catalogue's rows (vm_catalogue.h, generated from drivers/scenarios.json), in its order. */
+extern const struct vm_catalogue_row vm_scenarios[VM_SCENARIO_COUNT];
 
-extern const struct vm_scenario vm_scenarios[];
-extern const unsigned int vm_scenario_count;
-
-/* Prints scenario-start, runs the scenario, prints scenario-end. */
-void vm_run_scenario(const struct vm_scenario *scenario, const struct vm_params *params);
+/* Prints scenario-start, runs scenario vm_scenarios[index], prints scenario-end. */
+void vm_run_scenario(unsigned int index, const struct vm_params *params);
 
 #endif /* VM_SCENARIOS_H */

@@ -74,8 +74,8 @@ def c_table(source: str, array: str) -> list[str]:
 
 
 def scenario_table() -> list[tuple[str, bool]]:
-    """(name, negative) for each row of vm_scenarios[]."""
-    match = re.search(r"vm_scenarios\[\]\s*=\s*\{(.*?)\n\};", module_sources()["scenarios.c"], re.S)
+    """(name, negative) for each row of VM_SCENARIO_ROWS, the catalogue's scenarios (vm_catalogue.h)."""
+    match = re.search(r"#define VM_SCENARIO_ROWS \\\n(.*?)\n\n", module_sources()["vm_catalogue.h"], re.S)
     assert match
     rows = re.findall(r'\{\s*"(\w+)",\s*(true|false),', match.group(1))
     return [(name, negative == "true") for name, negative in rows]
@@ -142,7 +142,7 @@ def define(name: str) -> str:
 def module_ops() -> set[str]:
     source = module_sources()["scenarios.c"]
     ops = set(re.findall(r'vm_ev_call(?:_mutex)?\([^,]+,\s*"(\w+)"', source))
-    ops |= set(re.findall(r'VM_GRT_CALL\(\s*"(\w+)"', source))
+    ops |= set(re.findall(r'\{\s*"(\w+)",\s*(?:"\w+"|NULL),', module_sources()["vm_catalogue.h"]))
     return ops
 
 
@@ -241,6 +241,9 @@ def test_each_golden_line_has_a_format_with_its_keys() -> None:
 def test_the_names_the_module_prints_are_the_protocols() -> None:
     table = [name for name, _ in scenario_table()]
     assert table == protocol_scenarios(), "the same scenario names, in the same order, as PROTOCOL.md"
+    source = module_sources()["scenarios.c"]
+    for name, _ in scenario_table():
+        assert f"[VM_SC_{name.upper()}] = vm_sc_{name}," in source, f"{name}: not in vm_scenario_fns"
     for name, negative in scenario_table():
         assert negative == name.startswith("neg_"), name
     assert set(c_table("vm_mutex.c", "vm_result_names")) == protocol_names("r")

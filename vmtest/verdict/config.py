@@ -2,8 +2,11 @@
 
 ``VerdictConfig`` is the ``verdict:`` section of a configuration file; ``AnalyzeConfig`` is what
 ``vmtest analyze --config`` reads (only that section; other sections of a full ``vmtest.yaml`` are
-ignored there). Scenarios named in ``expected_crashes`` / ``expected_findings`` replace the defaults
-for that scenario; ``null`` removes a default.
+ignored there). The defaults are the scenario catalogue's (``drivers/scenarios.json``, each
+scenario's ``verdict``): ``neg_wait_at_dispatch`` must crash, ``drop_safe_then_drop`` may (a crash
+with ``required: false``), ``neg_lock_inversion`` must be flagged by ``lock_order``. Scenarios named
+in ``expected_crashes`` / ``expected_findings`` replace the defaults for that scenario; ``null``
+removes a default.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from vmtest.events.scenarios import CATALOGUE
 from vmtest.verdict.crashes import WINDOWS_SOURCES, Crash
 from vmtest.verdict.stop_codes import stop_code_by_name
 from vmtest.verdict.text import TextVerdictConfig
@@ -42,6 +46,10 @@ class ExpectedCrash(_Model):
         frozenset(),
         description="Driver Verifier catches accepted, by option (deadlock_detection, irql_checking) or by "
         "violation (lock_hierarchy_violation, wait_at_dispatch_with_timeout)",
+    )
+    required: bool = Field(
+        True,
+        description="false: the scenario may also end normally (a crash is allowed, not demanded)",
     )
     linux_bugs: tuple[str, ...] = Field(
         ("scheduling while atomic", "sleeping function called from invalid context"),
@@ -115,12 +123,31 @@ class ExpectedCrash(_Model):
         return " or ".join(parts) or "no crash at all"
 
 
-DEFAULT_EXPECTED_CRASHES: dict[str, ExpectedCrash | None] = {
-    # wdk-mutex-api.md, "IRQL facts": a dispatcher wait at DISPATCH_LEVEL is IRQL_NOT_LESS_OR_EQUAL (0xA)
-    # or ATTEMPTED_SWITCH_FROM_DPC (0xB8) "and relatives"; 0xD1 is the driver-attributed form of 0xA.
-    "neg_wait_at_dispatch": ExpectedCrash(stop_codes=frozenset({0xA, 0xD1, 0xB8})),
+def _catalogue_crashes() -> dict[str, ExpectedCrash | None]:
+    """The crashes the catalogue (``drivers/scenarios.json``) demands or allows, by scenario.
+
+    Each entry says why (its ``why``): ``neg_wait_at_dispatch`` must stop the system (wdk-mutex-api.md,
+    "IRQL facts"), ``drop_safe_then_drop`` may (wdk-mutex-api.md, ``KMutexGuard::drop_safe``).
+    """
+    crashes: dict[str, ExpectedCrash | None] = {}
+    for spec in CATALOGUE.scenarios:
+        for key, required in (("expected_crash", True), ("allowed_crash", False)):
+            if key in spec.verdict:
+                codes = frozenset(spec.verdict[key]["stop_codes"])
+                crashes[spec.name] = (
+                    ExpectedCrash(stop_codes=codes)
+                    if required
+                    else ExpectedCrash(stop_codes=codes, required=False, linux_panic=False, linux_bugs=())
+                )
+    return crashes
+
+
+DEFAULT_EXPECTED_CRASHES: dict[str, ExpectedCrash | None] = _catalogue_crashes()
+DEFAULT_EXPECTED_FINDINGS: dict[str, tuple[str, ...] | None] = {
+    spec.name: tuple(spec.verdict["expected_findings"])
+    for spec in CATALOGUE.scenarios
+    if "expected_findings" in spec.verdict
 }
-DEFAULT_EXPECTED_FINDINGS: dict[str, tuple[str, ...] | None] = {"neg_lock_inversion": ("lock_order",)}
 VERIFIER_EXPECTED_CRASHES: dict[str, ExpectedCrash] = {
     # Under Driver Verifier the negative controls are caught by it as well (wdk-mutex suite, tests/mutex):
     # the inversion by deadlock detection (0xC4/0x1001, "a lock hierarchy violation"), the wait at

@@ -3,17 +3,11 @@
 use core::marker::PhantomData;
 
 use wdk_sys::ntddk::{KeGetCurrentIrql, KeLowerIrql, KfRaiseIrql};
-use wdk_sys::{APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL};
+use wdk_sys::DISPATCH_LEVEL;
 
-/// `APC_LEVEL` (1).
-#[allow(clippy::cast_possible_truncation)]
-pub const APC: u8 = APC_LEVEL as u8;
 /// `DISPATCH_LEVEL` (2).
 #[allow(clippy::cast_possible_truncation)]
 pub const DISPATCH: u8 = DISPATCH_LEVEL as u8;
-/// `HIGH_LEVEL` (15 on x64).
-#[allow(clippy::cast_possible_truncation)]
-pub const HIGH: u8 = HIGH_LEVEL as u8;
 
 /// The current IRQL.
 pub fn current() -> u8 {

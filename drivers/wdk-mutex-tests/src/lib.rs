@@ -7,7 +7,8 @@
 //! one system worker thread that runs the selected scenarios in order, and returns at once.
 //! `DriverUnload` asks the worker to skip what is left, waits for it, and frees what remains.
 //!
-//! Modules: [`params`] (the registry), [`report`] (events and printing), [`irql`], [`thread`]
+//! Modules: [`catalogue`] (generated from `drivers/scenarios.json`: the scenarios, their names and
+//! step tables), [`params`] (the registry), [`report`] (events and printing), [`irql`], [`thread`]
 //! (system threads), [`mutexes`] (one interface over `KMutex` and `FastMutex`), and one module per
 //! scenario group under [`scenarios`].
 
@@ -18,6 +19,7 @@ extern crate alloc;
 #[cfg(not(test))]
 extern crate wdk_panic;
 
+mod catalogue;
 mod irql;
 mod mutexes;
 mod params;
@@ -65,7 +67,11 @@ pub unsafe extern "system" fn driver_entry(
 
     // SAFETY: `registry_path` is the pointer the I/O manager passed to DriverEntry, valid until
     // DriverEntry returns; this runs at PASSIVE_LEVEL.
-    let config = unsafe { Config::read(registry_path) };
+    let config = match unsafe { Config::read(registry_path) } {
+        Ok(config) => config,
+        // An unknown scenario or a parameter out of range: the note names it, the load fails.
+        Err(status) => return status,
+    };
     match thread::spawn(move || run(&config)) {
         Ok(worker) => {
             WORKER.store(worker.into_raw(), Ordering::SeqCst);
@@ -99,8 +105,8 @@ unsafe extern "C" fn driver_unload(_driver: PDRIVER_OBJECT) {
 fn run(config: &Config) {
     report::run_start();
     let mut ended: u64 = 0;
-    for selection in &config.scenarios {
-        scenarios::run(selection, config);
+    for &scenario in &config.scenarios {
+        scenarios::run(scenario, config);
         ended += 1;
     }
     report::run_end(ended);

@@ -1,15 +1,17 @@
 //! The driver's parameters, read in `DriverEntry` from the service's `Parameters` registry key
-//! (`<RegistryPath>\Parameters`, which vmtest fills with `reg add` before `sc start`):
+//! (`<RegistryPath>\Parameters`, which vmtest fills with `reg add` before `sc start`). Defaults and
+//! ranges are the catalogue's (`drivers/scenarios.json`):
 //!
 //! | value | type | meaning | default |
 //! | --- | --- | --- | --- |
-//! | `Scenarios` | `REG_SZ` | scenario names, comma-separated, run in that order | every scenario except the negative controls |
-//! | `Threads` | `REG_DWORD` | threads of the contention and lock-order scenarios (1..=64) | 3 |
-//! | `Iterations` | `REG_DWORD` | iterations per thread (1..=100000) | 500 |
+//! | `Scenarios` | `REG_SZ` | scenario names, comma-separated, run in that order | every scenario except the negative controls, those marked last at the end |
+//! | `Threads` | `REG_DWORD` | threads of the contention and lock-order scenarios | 3 (1..=16) |
+//! | `Iterations` | `REG_DWORD` | iterations per thread | 500 (1..=100000) |
 //!
 //! An absent key or value, or an empty `Scenarios`, means the default; a value of the wrong type
-//! is reported in a plain (non-protocol) line and the default is used; numbers out of range are
-//! clamped, and the scenarios' `params` show the values used.
+//! is reported in a plain (non-protocol) line and the default is used. An unknown scenario name or
+//! a number out of range is reported the same way and fails the load (`STATUS_INVALID_PARAMETER`),
+//! as the Linux module fails its load with `-EINVAL`.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -25,32 +27,19 @@ use wdk_sys::{
     STATUS_OBJECT_NAME_NOT_FOUND, UNICODE_STRING,
 };
 
+use crate::catalogue::{
+    Scenario, ITERATIONS_DEFAULT, ITERATIONS_MAX, ITERATIONS_MIN, THREADS_DEFAULT, THREADS_MAX,
+    THREADS_MIN,
+};
 use crate::report::note;
-use crate::scenarios::Scenario;
 
-/// Threads per contention scenario when `Threads` is absent.
-pub const DEFAULT_THREADS: u32 = 3;
-/// Iterations per thread when `Iterations` is absent.
-pub const DEFAULT_ITERATIONS: u32 = 500;
-/// The most threads a scenario starts.
-pub const MAX_THREADS: u32 = 64;
-/// The most iterations per thread.
-pub const MAX_ITERATIONS: u32 = 100_000;
 /// Unknown scenario names are cut to this many characters before they are reported.
 const MAX_NAME: usize = 64;
-
-/// One entry of `Scenarios`.
-pub enum Selection {
-    /// A scenario this driver implements.
-    Known(Scenario),
-    /// A name it does not know: reported as a scenario that ends with `outcome=error`.
-    Unknown(String),
-}
 
 /// What to run.
 pub struct Config {
     /// The scenarios, in the order to run them.
-    pub scenarios: Vec<Selection>,
+    pub scenarios: Vec<Scenario>,
     /// Threads per contention / lock-order scenario.
     pub threads: u32,
     /// Iterations per thread.
@@ -60,28 +49,26 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            scenarios: default_scenarios(),
-            threads: DEFAULT_THREADS,
-            iterations: DEFAULT_ITERATIONS,
+            scenarios: Scenario::DEFAULT.to_vec(),
+            threads: THREADS_DEFAULT,
+            iterations: ITERATIONS_DEFAULT,
         }
     }
-}
-
-fn default_scenarios() -> Vec<Selection> {
-    Scenario::DEFAULT
-        .iter()
-        .map(|&scenario| Selection::Known(scenario))
-        .collect()
 }
 
 impl Config {
     /// Reads the parameters from `<registry_path>\Parameters`; defaults for whatever is missing.
     ///
+    /// # Errors
+    ///
+    /// `STATUS_INVALID_PARAMETER` for an unknown scenario name or a number out of range (a note
+    /// names it).
+    ///
     /// # Safety
     ///
     /// `registry_path` must be the registry path `DriverEntry` received (valid for the call), and
     /// the call must be made at `PASSIVE_LEVEL`.
-    pub unsafe fn read(registry_path: PCUNICODE_STRING) -> Self {
+    pub unsafe fn read(registry_path: PCUNICODE_STRING) -> Result<Self, NTSTATUS> {
         let mut config = Self::default();
         // SAFETY: forwarded from the caller.
         let key = match unsafe { Key::open_parameters(registry_path) } {
@@ -92,35 +79,51 @@ impl Config {
                         "cannot open the Parameters key ({status:#010x}); using the defaults"
                     ));
                 }
-                return config;
+                return Ok(config);
             }
         };
         if let Some(text) = key.string("Scenarios") {
-            let scenarios = parse_scenarios(&text);
+            let scenarios = parse_scenarios(&text)?;
             if !scenarios.is_empty() {
                 config.scenarios = scenarios;
             }
         }
         if let Some(threads) = key.dword("Threads") {
-            config.threads = threads.clamp(1, MAX_THREADS);
+            config.threads = in_range("Threads", threads, THREADS_MIN, THREADS_MAX)?;
         }
         if let Some(iterations) = key.dword("Iterations") {
-            config.iterations = iterations.clamp(1, MAX_ITERATIONS);
+            config.iterations = in_range("Iterations", iterations, ITERATIONS_MIN, ITERATIONS_MAX)?;
         }
-        config
+        Ok(config)
     }
 }
 
-/// `kmutex_contention, irql_errors` as selections (blanks around names and empty entries ignored).
-pub fn parse_scenarios(text: &str) -> Vec<Selection> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(|name| match Scenario::from_name(name) {
-            Some(scenario) => Selection::Known(scenario),
-            None => Selection::Unknown(name.chars().take(MAX_NAME).collect()),
-        })
-        .collect()
+/// `kmutex_contention, irql_errors` as scenarios (blanks around names and empty entries ignored).
+///
+/// # Errors
+///
+/// `STATUS_INVALID_PARAMETER` for a name the catalogue does not have (a note names it).
+pub fn parse_scenarios(text: &str) -> Result<Vec<Scenario>, NTSTATUS> {
+    let mut scenarios = Vec::new();
+    for name in text.split(',').map(str::trim).filter(|name| !name.is_empty()) {
+        let Some(scenario) = Scenario::from_name(name) else {
+            let shown: String = name.chars().take(MAX_NAME).collect();
+            note(format_args!("unknown scenario '{shown}'"));
+            return Err(STATUS_INVALID_PARAMETER);
+        };
+        scenarios.push(scenario);
+    }
+    Ok(scenarios)
+}
+
+/// `value` if it is within `min..=max`; otherwise a note naming the parameter, and an error.
+fn in_range(name: &str, value: u32, min: u32, max: u32) -> Result<u32, NTSTATUS> {
+    if (min..=max).contains(&value) {
+        Ok(value)
+    } else {
+        note(format_args!("{name}={value} is out of range {min}-{max}"));
+        Err(STATUS_INVALID_PARAMETER)
+    }
 }
 
 /// `KEY_VALUE_PARTIAL_INFORMATION`: `TitleIndex`, `Type`, `DataLength` (three ULONGs), then data.

@@ -10,6 +10,7 @@ use wdk_mutex::grt::Grt;
 use wdk_mutex::kmutex::KMutex;
 
 use super::Ending;
+use crate::catalogue::m;
 use crate::irql;
 use crate::mutexes::{self, TestMutex};
 use crate::params::Config;
@@ -17,9 +18,9 @@ use crate::report::{grt_error, grt_result, mutex_error, Ctx};
 use crate::thread::run_on_threads;
 
 /// The counter's name in the events.
-const COUNTER: &str = "counter";
-/// The counter's label in the Grt.
-const GRT_LABEL: &str = "vmtest_grt_contention_counter";
+const COUNTER: &str = m::COUNTER;
+/// The counter's label in the Grt: its name.
+const GRT_LABEL: &str = m::COUNTER;
 
 /// `kmutex_contention`.
 pub fn kmutex(ctx: Ctx<'static>, config: &Config) -> Ending {

@@ -1,29 +1,37 @@
-//! `drop_safe_then_drop`: lock, `drop_safe` (a release), then let the guard leave scope, whose
-//! `Drop` releases again because `drop_safe` does not consume the guard. Every step is reported
-//! as it happens, so whatever Windows does on the second release (nothing visible, an exception,
-//! a bugcheck) is what vmtest finds:
+//! `drop_safe_then_drop`: lock, `drop_safe` (the release), then let the guard leave scope, whose
+//! `Drop` releases again because `drop_safe` takes `&mut self` and does not consume the guard
+//! (wdk-mutex 1.3.2, `KMutexGuard::drop_safe`, `FastMutexGuard::drop_safe`).
 //!
-//! `acquire`, `acquired`, `release` (about to call `drop_safe`), `call op=drop_safe`, `release`
-//! (the guard is about to be dropped), `call op=drop` (only if the system survived).
+//! What the scenario asserts (`drivers/scenarios.json`): `drop_safe` releases the mutex (`release`
+//! while still held, then `call op=drop_safe r=Ok`). The guard's second release is the crate's
+//! double release: the thread no longer holds the mutex, so it is no `release` event; it is
+//! reported as `call op=drop` once it returned, i.e. only if the system survived it. Both outcomes
+//! pass: surviving it, and a bugcheck that stops it (the catalogue allows 0x7E and relatives:
+//! `KeReleaseMutex` by a thread that does not own the mutex raises `STATUS_MUTANT_NOT_OWNED`).
 //!
-//! `FastMutex` runs first, then `KMutex`, whose second `KeReleaseMutex` by a thread that no longer
-//! owns the mutex is the likelier to stop the system. Run by default, last.
+//! `FastMutex` runs first, then `KMutex`, whose second `KeReleaseMutex` is the likelier to stop the
+//! system. The catalogue marks the scenario `last`: it runs after every other one.
+
+use alloc::string::String;
 
 use vmtest_event_protocol::{CallResult, Op};
 use wdk_mutex::fast_mutex::FastMutex;
 use wdk_mutex::kmutex::KMutex;
 
 use super::Ending;
+use crate::catalogue::m;
 use crate::irql;
 use crate::mutexes::{self, TestMutex};
 use crate::report::{mutex_error, mutex_result, Ctx};
 
 /// Runs the scenario.
 pub fn run(ctx: Ctx<'static>) -> Ending {
-    let fast = twice::<FastMutex<u32>>(ctx, "fm");
-    let kernel = twice::<KMutex<u32>>(ctx, "km");
+    let fast = twice::<FastMutex<u32>>(ctx, m::FM);
+    let kernel = twice::<KMutex<u32>>(ctx, m::KM);
     if fast && kernel {
-        Ending::done()
+        Ending::done_with(String::from(
+            "the system survived both second releases (fast_mutex, then kmutex)",
+        ))
     } else {
         Ending::error("creating or locking a mutex failed")
     }
@@ -51,8 +59,8 @@ fn twice<M: TestMutex<u32>>(ctx: Ctx<'_>, m: &str) -> bool {
     let released = M::release_safe(&mut guard);
     ctx.call(Op::DropSafe, Some((m, kind)), irql, mutex_result(&released));
 
-    // The guard leaves scope now: its Drop releases the mutex (again, if drop_safe released it).
-    ctx.release(m, kind, 1);
+    // The guard leaves scope now: its Drop releases the mutex again if drop_safe released it. No
+    // `release` event: this thread no longer holds the mutex.
     let irql = irql::current();
     drop(guard);
     ctx.call(Op::Drop, Some((m, kind)), irql, CallResult::Ok);

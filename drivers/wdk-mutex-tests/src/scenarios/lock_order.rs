@@ -9,14 +9,15 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use wdk_mutex::kmutex::KMutex;
 
 use super::Ending;
+use crate::catalogue::{self, m};
 use crate::mutexes;
 use crate::params::Config;
 use crate::report::Ctx;
 use crate::thread::{run_on_threads, sleep_ms};
 
 /// How long the second thread of `neg_lock_inversion` waits before it starts (it also waits for
-/// the first thread to finish, so the two never overlap).
-pub const INVERSION_DELAY_MS: u32 = 100;
+/// the first thread to finish, so the two never overlap): the catalogue's `delay_ms`.
+pub const INVERSION_DELAY_MS: u32 = catalogue::DELAY_MS;
 
 /// The two mutexes, both `KMutex`es counting how often they were taken.
 struct Pair {
@@ -25,8 +26,8 @@ struct Pair {
 }
 
 fn create_pair(ctx: Ctx<'static>) -> Option<Arc<Pair>> {
-    let a = mutexes::create::<KMutex<u64>, u64>(ctx, "a", 0)?;
-    let b = mutexes::create::<KMutex<u64>, u64>(ctx, "b", 0)?;
+    let a = mutexes::create::<KMutex<u64>, u64>(ctx, m::A, 0)?;
+    let b = mutexes::create::<KMutex<u64>, u64>(ctx, m::B, 0)?;
     Some(Arc::new(Pair { a, b }))
 }
 
@@ -50,7 +51,7 @@ pub fn consistent(ctx: Ctx<'static>, config: &Config) -> Ending {
         let ctx = ctx.thread(t);
         let mut completed: u64 = 0;
         for _ in 0..iterations {
-            if !nested(ctx, ("a", &shared.a), ("b", &shared.b)) {
+            if !nested(ctx, (m::A, &shared.a), (m::B, &shared.b)) {
                 break;
             }
             completed += 1;
@@ -63,8 +64,8 @@ pub fn consistent(ctx: Ctx<'static>, config: &Config) -> Ending {
     let expected = u64::from(config.threads) * u64::from(config.iterations);
     match (mutexes::peek(&pair.a), mutexes::peek(&pair.b)) {
         (Ok(a), Ok(b)) => {
-            ctx.counter("a", a, expected);
-            ctx.counter("b", b, expected);
+            ctx.counter(m::A, a, expected);
+            ctx.counter(m::B, b, expected);
             Ending::done()
         }
         _ => Ending::error("reading the final counters failed"),
@@ -80,7 +81,7 @@ pub fn inversion(ctx: Ctx<'static>) -> Ending {
     let ran = run_on_threads(2, move |t| {
         let ctx = ctx.thread(t);
         let ok = if t == 0 {
-            let ok = nested(ctx, ("a", &pair.a), ("b", &pair.b));
+            let ok = nested(ctx, (m::A, &pair.a), (m::B, &pair.b));
             first_done.store(true, Ordering::SeqCst);
             ok
         } else {
@@ -88,7 +89,7 @@ pub fn inversion(ctx: Ctx<'static>) -> Ending {
             while !first_done.load(Ordering::SeqCst) {
                 sleep_ms(10);
             }
-            nested(ctx, ("b", &pair.b), ("a", &pair.a))
+            nested(ctx, (m::B, &pair.b), (m::A, &pair.a))
         };
         ctx.thread_end(u64::from(ok));
     });

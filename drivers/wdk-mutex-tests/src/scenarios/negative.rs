@@ -14,12 +14,14 @@ use wdk_sys::_KWAIT_REASON::Executive;
 use wdk_sys::{KEVENT, LARGE_INTEGER};
 
 use super::Ending;
+use crate::catalogue;
 use crate::irql::{self, RaisedIrql};
 use crate::report::{note, Ctx};
 use crate::thread::{KERNEL_MODE, NO};
 
-/// The wait's timeout: non-zero, which is what makes it illegal at `DISPATCH_LEVEL`.
-pub const WAIT_TIMEOUT_MS: u32 = 10;
+/// The wait's timeout (the catalogue's `timeout_ms`): non-zero, which is what makes it illegal at
+/// `DISPATCH_LEVEL`.
+pub const WAIT_TIMEOUT_MS: u32 = catalogue::TIMEOUT_MS;
 
 /// Runs the negative control.
 pub fn wait_at_dispatch(ctx: Ctx<'static>) -> Ending {

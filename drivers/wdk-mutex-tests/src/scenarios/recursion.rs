@@ -5,11 +5,12 @@ use vmtest_event_protocol::Op;
 use wdk_mutex::kmutex::KMutex;
 
 use super::Ending;
+use crate::catalogue::m;
 use crate::irql;
 use crate::mutexes::{self, TestMutex};
 use crate::report::{mutex_error, Ctx};
 
-const NAME: &str = "km";
+const NAME: &str = m::KM;
 
 /// Runs the scenario.
 pub fn run(ctx: Ctx<'static>) -> Ending {

@@ -1,8 +1,8 @@
-//! `to_owned`: `to_owned` and `to_owned_box` on both kinds. Each mutex holds a value that counts
-//! its drops; the scenario sets it under the lock, takes it out, and reports the value found
-//! (`counter m=<mutex>`, expected the value set) and how often the value was dropped once the
-//! caller let it go (`counter m=<mutex>_drops`, expected 1: wdk-mutex before 1.3.2 dropped it
-//! twice).
+//! `to_owned`: `to_owned` and `to_owned_box` on both kinds (`km`, `km_box`, `fm`, `fm_box`, as the
+//! catalogue names them). Each mutex holds a value that counts its drops, made with 7; the scenario
+//! adds 35 under the lock, takes the value out, and reports the value found (`counter m=<mutex>`,
+//! expected 42) and how often the value was dropped once the caller let it go
+//! (`counter m=<mutex>_drops`, expected 1: wdk-mutex before 1.3.2 dropped it twice).
 
 use core::sync::atomic::{AtomicU64, Ordering};
 
@@ -11,12 +11,17 @@ use wdk_mutex::fast_mutex::FastMutex;
 use wdk_mutex::kmutex::KMutex;
 
 use super::Ending;
+use crate::catalogue::m;
 use crate::irql;
 use crate::mutexes::{self, TestMutex};
 use crate::report::Ctx;
 
-/// The value stored and expected back.
-const VALUE: u64 = 0x00C0_FFEE;
+/// The value a mutex is made with.
+const INITIAL: u64 = 7;
+/// What is added under the lock.
+const ADDED: u64 = 35;
+/// The value expected back.
+const VALUE: u64 = INITIAL + ADDED;
 
 /// Drops of `Tracked` values so far.
 static DROPS: AtomicU64 = AtomicU64::new(0);
@@ -35,10 +40,10 @@ impl Drop for Tracked {
 /// Runs the scenario.
 pub fn run(ctx: Ctx<'static>) -> Ending {
     let checks = [
-        check::<KMutex<Tracked>>(ctx, "km", "km_drops", Op::ToOwned),
-        check::<KMutex<Tracked>>(ctx, "km_box", "km_box_drops", Op::ToOwnedBox),
-        check::<FastMutex<Tracked>>(ctx, "fm", "fm_drops", Op::ToOwned),
-        check::<FastMutex<Tracked>>(ctx, "fm_box", "fm_box_drops", Op::ToOwnedBox),
+        check::<KMutex<Tracked>>(ctx, m::KM, m::KM_DROPS, Op::ToOwned),
+        check::<KMutex<Tracked>>(ctx, m::KM_BOX, m::KM_BOX_DROPS, Op::ToOwnedBox),
+        check::<FastMutex<Tracked>>(ctx, m::FM, m::FM_DROPS, Op::ToOwned),
+        check::<FastMutex<Tracked>>(ctx, m::FM_BOX, m::FM_BOX_DROPS, Op::ToOwnedBox),
     ];
     if checks.iter().all(|&ran| ran) {
         Ending::done()
@@ -47,13 +52,14 @@ pub fn run(ctx: Ctx<'static>) -> Ending {
     }
 }
 
-/// One mutex: create, set `VALUE` under the lock, take the value out with `op`, report.
+/// One mutex: create with `INITIAL`, add `ADDED` under the lock, take the value out with `op`,
+/// report.
 fn check<M: TestMutex<Tracked>>(ctx: Ctx<'_>, m: &str, drops: &str, op: Op) -> bool {
-    let Some(mutex) = mutexes::create::<M, Tracked>(ctx, m, Tracked { value: 0 }) else {
+    let Some(mutex) = mutexes::create::<M, Tracked>(ctx, m, Tracked { value: INITIAL }) else {
         return false;
     };
     let set = mutexes::locked(ctx, m, &mutex, |tracked: &mut Tracked| {
-        tracked.value = VALUE;
+        tracked.value += ADDED;
     });
     if set.is_err() {
         return false;
