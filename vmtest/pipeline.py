@@ -23,11 +23,12 @@ from vmtest.config.verifier import VerifierConfig
 from vmtest.drivers.kbuild import build_module
 from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.drivers.verifier import (
+    REGISTRY_QUERY,
     WINDOWS_REBOOT,
     already_set,
     enable_command,
     parse_query,
-    parse_querysettings,
+    parse_registry,
     run_verifier,
     verifier_confirmation,
 )
@@ -273,15 +274,7 @@ async def switch_verifier_on(
     name = PureWindowsPath(driver.guest_binary).name
     timeout = session.config.timeouts.command
     with session.step("verifier", f"Driver Verifier for {name}: {', '.join(verifier.names)}"):
-        shown = await session.call(
-            run_verifier,
-            guest.transport,
-            ["verifier", "/querysettings"],
-            "verifier /querysettings",
-            timeout=timeout,
-            what="reading Driver Verifier's settings",
-        )
-        if not verifier.volatile and already_set(verifier, name, parse_querysettings(shown)):
+        if await _verifier_in_effect(session, guest, name, verifier):
             session.progress.note(f"Driver Verifier already on for {name} (from the warm snapshot)")
             return guest
         await session.call(
@@ -295,6 +288,34 @@ async def switch_verifier_on(
     if verifier.volatile:
         return guest
     return await session.reboot(WINDOWS_REBOOT, "rebooting so that Driver Verifier's rules take effect")
+
+
+async def _verifier_in_effect(session: VmSession, guest: Guest, name: str, verifier: VerifierConfig) -> bool:
+    """The rules are on already: in the registry for the next boot, or (volatile) in the running kernel."""
+    timeout = session.config.timeouts.command
+    if not verifier.volatile:
+        shown = await session.call(
+            run_verifier,
+            guest.transport,
+            REGISTRY_QUERY,
+            "reading Driver Verifier's registry settings",
+            timeout=timeout,
+            what="reading Driver Verifier's settings",
+        )
+        return already_set(verifier, name, parse_registry(shown))
+    shown = await session.call(
+        run_verifier,
+        guest.transport,
+        ["verifier", "/query"],
+        "verifier /query",
+        timeout=timeout,
+        what="reading what Driver Verifier applies",
+    )
+    try:
+        state = parse_query(shown)
+    except ValueError:
+        return False  # nothing verified yet prints no Level line: switch the rules on
+    return verifier.flags & ~state.level == 0 and name.lower() in state.drivers
 
 
 async def confirm_verifier(

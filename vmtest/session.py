@@ -24,7 +24,7 @@ from vmtest.capture.source import Capture, CaptureSource
 from vmtest.config.models import VmtestConfig
 from vmtest.config.windows import Windows11GuestConfig
 from vmtest.drivers.verifier import guest_setup
-from vmtest.errors import DeadlineExceeded, InfraError
+from vmtest.errors import DeadlineExceeded, GuestError, InfraError
 from vmtest.guest.banner import wait_for_ssh_banner
 from vmtest.guest.connect import Guest, GuestAccess, access_for, guest_for
 from vmtest.guest.ssh import SshTransport
@@ -163,16 +163,21 @@ class VmSession:
             raise InfraError("cannot reboot a guest that is not logged in", phase="reboot")
         marker = machine.profile.ready_marker
         with self.step("reboot", reason):
+            await self._stop_guest_sources()  # DebugView: its log so far is kept; connect() starts it anew
             await machine.monitor.execute("set-action", {"reboot": "reset"})
             try:
                 ready = machine.consoles["console"].marker(marker, include_recent=False) if marker else None
-                result = await self.call(
-                    guest.transport.run,
-                    list(command),
-                    timeout=self.config.timeouts.command,
-                    what="asking the guest to reboot",
-                )
-                result.check("the guest's reboot command")
+                try:
+                    result = await self.call(
+                        guest.transport.run,
+                        list(command),
+                        timeout=self.config.timeouts.command,
+                        what="asking the guest to reboot",
+                    )
+                except GuestError as dropped:  # the connection may go down with the guest: the marker decides
+                    log.info("the reboot command's connection ended: %s", dropped)
+                else:
+                    result.check("the guest's reboot command")
                 guest.close()
                 if ready is not None:
                     await machine.wait(
@@ -385,6 +390,15 @@ class VmSession:
             self.capture.close()
             logging.getLogger("vmtest").removeHandler(self._log_handler)
             self._log_handler.close()
+
+    async def _stop_guest_sources(self) -> None:
+        """Stop the capture sources that run inside the guest (DebugView), which a reboot would end."""
+        for source in [source for source in self.sources if isinstance(source, DebugViewSource)]:
+            try:
+                await source.stop()
+            except Exception as problem:  # what it captured so far is kept if it can be; the run goes on
+                log.warning("capture source %s did not stop cleanly: %s", source.name, problem)
+            self.sources.remove(source)
 
     async def _stop_sources(self) -> None:
         for source in reversed(self.sources):

@@ -52,7 +52,7 @@ class ScriptedWindows(Transport):
     job_kills: bool = False
     kernel_debug: bool = False
     services: set[str] = field(default_factory=set)
-    dbgview_alive: bool = False
+    dbgview_alive: bool = True  # started by the capture; `start /b` under the session's job: gone
     commands: list[str] = field(default_factory=list)
 
     def wait_ready(self, timeout: float) -> None:
@@ -85,10 +85,6 @@ class ScriptedWindows(Transport):
             return 0, sample("ver.txt")
         if argv[0] == "sc.exe":
             return self._sc(argv[1], argv[2])
-        if argv[:3] == ["cmd.exe", "/c", "if"]:
-            return 0, b"present\r\n"
-        if DBGVIEW in argv:
-            return self._dbgview(argv)
         if argv[:3] == ["cmd.exe", "/c", "copy"]:
             return 0, sample("copy_one_file.txt")
         if argv[:2] == ["cmd.exe", "/c"]:
@@ -100,12 +96,8 @@ class ScriptedWindows(Transport):
         if argv[:2] == ["where", "devgen"]:
             return 0, sample("where_devgen.txt")
         if argv[0] == "tasklist":
-            return 0, sample(
-                "tasklist_csv_noheader_running.txt" if self.dbgview_alive else "tasklist_no_match.txt"
-            )
-        if argv[0] == "powershell.exe":  # vmtest's WMI start: outside the session's job, so it lives on
-            self.dbgview_alive = True
-            return 0, b"ReturnValue=0 ProcessId=4242\r\n"
+            alive = self.dbgview_alive and not self.job_kills
+            return 0, sample("tasklist_csv_noheader_running.txt" if alive else "tasklist_no_match.txt")
         if argv[:2] == ["bcdedit", "/enum"]:
             text = sample("bcdedit_enum_current_testsigning_yes.txt")
             if self.kernel_debug:  # `bcdedit /debug on` adds this element (windows11-vm.md §1.10)
@@ -144,23 +136,13 @@ class ScriptedWindows(Transport):
             return 0, self._de("sc_delete_success.txt", "sc_delete_success_de.txt")
         raise AssertionError(verb)
 
-    def _dbgview(self, argv: list[str]) -> tuple[int, bytes]:
-        if argv[-1] == "--stop":
-            self.dbgview_alive = False
-            return 0, b""
-        # `start /b` inside the SSH session: with the job object that kills on session end, gone at once.
-        self.dbgview_alive = not self.job_kills
-        return 0, b""
 
-
-START_B = ("cmd.exe", "/c", "start", "", "/b")
-
-
-def probe(
-    guest: ScriptedWindows, *, kd: bool = False, start: tuple[str, ...] | None = START_B
-) -> ProbeReport:
+def probe(guest: ScriptedWindows, *, kd: bool = False) -> ProbeReport:
     settings = ProbeSettings(
-        kd=kd, debugview_program="" if kd else DBGVIEW, debugview_start=start, debugview_watch=0.0
+        kd=kd,
+        debugview_program="" if kd else DBGVIEW,
+        debugview_pid=None if kd else 4242,
+        debugview_watch=0.0,
     )
     context = ProbeContext(guest, "cmd", settings)
     return ProbeReport("windows11", "scripted", "key", tuple(_run_checks(context, WINDOWS_CHECKS)))
@@ -177,7 +159,9 @@ def test_a_guest_as_documented_matches_every_assumption() -> None:
     assert not report.blocking
     assert "every assumption a run depends on holds" in report.summary()
     assert not guest.services, "the probe's service must be deleted again"
-    assert not guest.dbgview_alive, "the probe's DbgViewCLI must be stopped again"
+    assert not any("--stop" in command for command in guest.commands), (
+        "the run's own DbgViewCLI is left alone"
+    )
 
 
 def test_a_german_image_is_handled_through_exit_statuses_and_its_code_page() -> None:
@@ -204,14 +188,6 @@ def test_a_capture_killed_with_its_session_is_named_and_blocks_the_run() -> None
     assert item.status is Status.DIFFERS
     assert "use the kernel debugger" in item.advice.lower()
     assert "debugview-survives" in report.summary()
-
-
-def test_started_through_wmi_the_capture_outlives_the_session() -> None:
-    guest = ScriptedWindows(job_kills=True)
-    report = probe(guest, start=None)  # the default: Win32_Process.Create, outside the session's job
-    assert statuses(report)["debugview-survives"] is Status.AS_EXPECTED, report.summary()
-    assert any(command.startswith("powershell.exe") for command in guest.commands)
-    assert not guest.dbgview_alive
 
 
 def test_with_kernel_debugging_debugview_is_not_probed() -> None:
@@ -250,7 +226,7 @@ class StandInSession:
                     "kind": "windows11",
                     "password": "pw",
                     "kd": False,
-                    "debugview": {"start_command": START_B},
+                    "debugview": {"start_command": ["cmd.exe", "/c", "start", "", "/b"]},
                 },
                 "artifacts": tmp_path / "art",
             }
@@ -349,7 +325,7 @@ def test_the_seen_column_is_filled_from_a_report_only(tmp_path: Path) -> None:
         if line.startswith("| W-")
     }
     assert rows["W-SC-1060"].endswith("| yes |")  # German, handled: the behaviour was seen
-    assert rows["W-SSH-JOB"].endswith("| differs: not running 0.0 s after start |")
+    assert rows["W-SSH-JOB"].endswith("| differs: dbgviewcli.exe not running |")
     assert rows["W-PSEXEC"].endswith("| no |")  # nothing in the report says anything about it
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"observations": [{"status": "as-expected", "rows": ["W-NO-SUCH-ROW"]}]}))

@@ -17,10 +17,11 @@ from vmtest.config.models import VmtestConfig
 from vmtest.config.verifier import VerifierConfig
 from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.drivers.verifier import (
+    REGISTRY_QUERY,
     enable_command,
     guest_setup,
     parse_query,
-    parse_querysettings,
+    parse_registry,
     verifier_confirmation,
 )
 from vmtest.errors import GuestError
@@ -152,14 +153,9 @@ def test_commands_switch_the_rules_on_for_the_driver_only() -> None:
     ]
 
 
-def test_querysettings_is_read_as_documented() -> None:
-    documented = parse_querysettings(sample("querysettings_low_resources.txt"))
-    assert documented.enabled == {"low_resources"} and documented.drivers == ("blah.sys",)
-    ours = parse_querysettings(sample("querysettings_irql_deadlock.txt"))
-    assert ours.enabled == {"irql_checking", "deadlock_detection"} and ours.flags == 0x22
-    assert ours.drivers == (DRIVER,)
-    with pytest.raises(ValueError, match="no option lines"):
-        parse_querysettings("The system cannot find the file specified.\r\n")
+def test_the_registry_settings_for_the_next_boot_are_read_as_reg_query_prints_them() -> None:
+    assert parse_registry(sample("reg_memory_management_verifier.txt")) == (0x22, (DRIVER,))
+    assert parse_registry(sample("reg_memory_management_unset.txt")) == (0, ())
 
 
 def test_query_shows_the_level_in_effect_and_the_driver_loads() -> None:
@@ -180,7 +176,7 @@ def test_query_shows_the_level_in_effect_and_the_driver_loads() -> None:
 class VerifierGuest(Transport):
     """A Windows guest's verifier command: registry settings that take effect at the next boot."""
 
-    registry: str = "querysettings_none.txt"
+    registry: str = "reg_memory_management_unset.txt"
     commands: list[str] = field(default_factory=list)
 
     def wait_ready(self, timeout: float) -> None:
@@ -200,18 +196,20 @@ class VerifierGuest(Transport):
     def run(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
         command = " ".join(argv)
         self.commands.append(command)
-        if command == "verifier /querysettings":
+        code = 0
+        if list(argv) == REGISTRY_QUERY:
             out = sample(self.registry)
         elif command == "verifier /query":
             out = sample("query_irql_deadlock.txt")
-        elif argv[:2] == ["verifier", "/flags"]:
-            self.registry, out = (
-                "querysettings_irql_deadlock.txt",
-                "The system reboot is required for the changes to take effect.\r\n",
+        elif argv[:2] == ["verifier", "/flags"]:  # recorded for the next boot: exit 2, "reboot needed"
+            self.registry, out, code = (
+                "reg_memory_management_verifier.txt",
+                sample("flags_reboot_needed.txt"),
+                2,
             )
         else:
             raise AssertionError(command)
-        return CommandResult(command, 0, out.encode(), b"", 0.0)
+        return CommandResult(command, code, out.encode(), b"", 0.0)
 
 
 class StandInSession:
@@ -245,8 +243,8 @@ def test_rules_needing_a_reboot_are_switched_on_then_rebooted_into_once() -> Non
     guest = Guest(transport, drivers=None)  # type: ignore[arg-type]
     after = asyncio.run(switch_verifier_on(session, guest, driver, verifier))  # type: ignore[arg-type]
     assert after is not guest, "the guest is logged into again after the reboot"
-    assert session.happened == ["verifier", "reboot shutdown /r /t 0"]
-    assert transport.commands == ["verifier /querysettings", f"verifier /flags 0x22 /driver {DRIVER}"]
+    assert session.happened == ["verifier", "reboot shutdown /r /f /t 0"]
+    assert transport.commands == [" ".join(REGISTRY_QUERY), f"verifier /flags 0x22 /driver {DRIVER}"]
     # A guest restored from a snapshot taken after this step has the rules already: no second reboot.
     again = StandInSession(windows(verifier={}), transport)
     assert asyncio.run(switch_verifier_on(again, guest, driver, verifier)) is guest  # type: ignore[arg-type]

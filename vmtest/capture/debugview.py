@@ -220,6 +220,19 @@ class DebugViewSource(CaptureSource):
                 )
             await asyncio.sleep(self.poll_interval)
 
+    async def _wait_gone(self, pid: int) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        argv = ["tasklist", "/FI", f"PID eq {pid}", "/FO", "CSV", "/NH"]
+        while pid in parse_tasklist_pids((await self._run(argv)).text()):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "DebugView (PID %d) still runs %g s after --stop; fetching its log anyway",
+                    pid,
+                    self.start_timeout,
+                )
+                return
+            await asyncio.sleep(self.poll_interval)
+
     async def stop(self) -> None:
         """Stop DbgViewCLI, fetch its log, keep it raw, and feed its lines to the capture."""
         capture, self._capture = self._capture, None
@@ -228,6 +241,8 @@ class DebugViewSource(CaptureSource):
         stopped = await self._run([self.program, "--stop"])
         if not stopped.ok:
             log.warning("DebugView did not stop cleanly: %s", stopped.text().strip())
+        if self.pid is not None:  # --stop only signals it (Sysinternals, DebugView): let it flush and exit
+            await self._wait_gone(self.pid)
         await asyncio.to_thread(self.transport.get, self.guest_log, self.raw_copy, timeout=COMMAND_TIMEOUT)
         now = time.time()
         count = 0

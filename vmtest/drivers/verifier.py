@@ -6,8 +6,14 @@ Commands (Microsoft Learn, "Driver Verifier Command Syntax"):
   Volatile Settings": 0x4, 0x20, 0x80, 0x200, 0x400); they last until the next boot.
 * ``verifier /flags F /driver NAME.sys``: every other rule; "activates the specified options after
   the next reboot", so the guest is rebooted once before the driver loads.
-* ``verifier /querysettings``: the settings in the registry, one ``<Option>: Enabled|Disabled`` line
-  per option, then ``Verified drivers:`` and the names (sample in "Low Resources Simulation").
+* The settings that take effect at the next boot are the registry values ``VerifyDriverLevel``
+  (REG_DWORD, the flags) and ``VerifyDrivers`` (REG_SZ, the driver names) under
+  ``HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Memory Management`` (Microsoft Support,
+  "Using Driver Verifier to identify issues with Windows drivers for advanced users"; a guess as far as
+  Microsoft Learn goes). vmtest reads them with ``reg query`` rather than parse ``verifier
+  /querysettings``, whose layout changed between Windows versions (the probe records both).
+* Return codes ("Driver Verifier Command Syntax", Return Codes): 0 success, 1 error,
+  2 EXIT_CODE_REBOOT_NEEDED: the change takes effect at the next boot, which is success here.
 * ``verifier /query``: what is in effect now: ``Level: <hex flags>`` and, per verified driver that is
   known to the running kernel, ``Name: NAME.sys, loads: N, unloads: M`` followed by its counters.
   (Layout from a transcript of the command; unconfirmed which drivers a volatile setting lists before
@@ -27,19 +33,20 @@ from dataclasses import dataclass, field
 
 from vmtest.config.models import VmtestConfig
 from vmtest.config.verifier import VerifierConfig
+from vmtest.drivers.windows_output import parse_reg_values
 from vmtest.errors import GuestError
 from vmtest.guest.transport import Transport
 from vmtest.verdict.verifier_rules import OPTIONS
 
 __all__ = [
+    "REGISTRY_QUERY",
     "WINDOWS_REBOOT",
-    "QuerySettings",
     "RuntimeState",
     "already_set",
     "enable_command",
     "guest_setup",
     "parse_query",
-    "parse_querysettings",
+    "parse_registry",
     "run_verifier",
     "verifier_confirmation",
 ]
@@ -47,8 +54,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMMAND_TIMEOUT = 60.0
-WINDOWS_REBOOT = ("shutdown", "/r", "/t", "0")
-"""Restart now (Microsoft Learn, "shutdown": /r full shutdown and restart, /t 0 no delay)."""
+WINDOWS_REBOOT = ("shutdown", "/r", "/f", "/t", "0")
+"""Restart now (Microsoft Learn, "shutdown": /r restart, /t 0 no delay; /f, which is implied only for a
+delay above 0, so that no application of the logged-on session holds the restart up)."""
+VERIFIER_SUCCESS = (0, 2)
+"""verifier's exit statuses for success: 0, and 2 EXIT_CODE_REBOOT_NEEDED."""
+REGISTRY_KEY = r"HKLM\SYSTEM\CurrentControlSet\Control\Session Manager\Memory Management"
+REGISTRY_QUERY = ["reg", "query", REGISTRY_KEY]
 _SETTING = re.compile(r"^(?P<title>[A-Za-z/ ()-]+?):\s*(?P<state>Enabled|Disabled)\s*$", re.MULTILINE)
 _LEVEL = re.compile(r"^\s*Level:\s*(?P<level>[0-9A-Fa-f]+)\s*$", re.MULTILINE)
 _DRIVER = re.compile(
@@ -66,19 +78,6 @@ def enable_command(config: VerifierConfig, driver_file: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class QuerySettings:
-    """``verifier /querysettings``: the options switched on in the registry and the drivers named."""
-
-    enabled: frozenset[str]
-    drivers: tuple[str, ...]
-
-    @property
-    def flags(self) -> int:
-        """The ``/flags`` value of the enabled options vmtest knows."""
-        return sum(option.flag for option in OPTIONS if option.name in self.enabled)
-
-
-@dataclass(frozen=True)
 class RuntimeState:
     """``verifier /query``: the flags in effect and, per driver, how often it was loaded and unloaded."""
 
@@ -86,19 +85,14 @@ class RuntimeState:
     drivers: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
-def parse_querysettings(text: str) -> QuerySettings:
-    """Parse ``verifier /querysettings``; ValueError when it shows no option line at all."""
-    titles = {option.setting.lower(): option.name for option in OPTIONS}
-    settings = {match["title"].strip().lower(): match["state"] for match in _SETTING.finditer(text)}
-    if not settings:
-        first = next((line.strip() for line in text.splitlines() if line.strip()), "(no output)")
-        raise ValueError(f"verifier /querysettings printed no option lines: {first!r}")
-    enabled = frozenset(
-        titles[title] for title, state in settings.items() if state == "Enabled" and title in titles
-    )
-    _, _, after = text.partition("Verified drivers:")
-    drivers = tuple(line.strip() for line in after.splitlines() if line.strip() and ":" not in line)
-    return QuerySettings(enabled, drivers)
+def parse_registry(text: str) -> tuple[int, tuple[str, ...]]:
+    """The flags and driver names ``reg query`` of the Memory Management key shows (0, () when unset)."""
+    values = parse_reg_values(text)
+    try:
+        level = int(values.get("VerifyDriverLevel", "0"), 0)
+    except ValueError:
+        level = 0
+    return level, tuple(values.get("VerifyDrivers", "").split())
 
 
 def parse_query(text: str) -> RuntimeState:
@@ -155,10 +149,13 @@ def driver_file_of(config: VmtestConfig) -> str:
 
 
 def run_verifier(transport: Transport, argv: list[str], what: str) -> str:
-    """Run a ``verifier`` command; its output, or GuestError naming ``what`` failed and why."""
+    """Run a ``verifier`` (or ``reg query``) command; its output, or GuestError naming ``what`` and why.
+
+    Exit status 2 is verifier's "reboot needed": the setting was recorded.
+    """
     result = transport.run(argv, timeout=COMMAND_TIMEOUT)
     text = result.text()
-    if not result.ok:
+    if result.exit_code not in VERIFIER_SUCCESS:
         raise GuestError(
             f"{what} failed with exit status {result.exit_code}: {' '.join(argv)}\n{text.strip()}"
         )
@@ -166,7 +163,7 @@ def run_verifier(transport: Transport, argv: list[str], what: str) -> str:
     return text
 
 
-def already_set(config: VerifierConfig, driver_file: str, settings: QuerySettings) -> bool:
+def already_set(config: VerifierConfig, driver_file: str, registry: tuple[int, tuple[str, ...]]) -> bool:
     """The registry already holds these rules for this driver (a warm snapshot taken after enabling)."""
-    named = {driver.lower() for driver in settings.drivers}
-    return driver_file.lower() in named and config.flags & ~settings.flags == 0
+    level, drivers = registry
+    return driver_file.lower() in {name.lower() for name in drivers} and config.flags & ~level == 0

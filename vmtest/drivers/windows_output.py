@@ -32,6 +32,7 @@ __all__ = [
     "parse_certutil_addstore",
     "parse_inf",
     "parse_oem_code_page",
+    "parse_reg_values",
     "parse_sc_failure",
     "parse_sc_query",
 ]
@@ -519,3 +520,15 @@ def parse_inf(text: str) -> InfInfo:
             hardware_ids.append(values[1])
     log.debug("INF: services %s, hardware ids %s", services, hardware_ids)
     return InfInfo(service_names=tuple(services), hardware_ids=tuple(hardware_ids))
+
+
+_REG_VALUE = re.compile(r"^\s+(?P<name>\S+)\s+(?P<type>REG_\w+)\s+(?P<data>.*?)\s*$", re.MULTILINE)
+
+
+def parse_reg_values(text: str) -> dict[str, str]:
+    """The values ``reg query KEY`` printed, by name (``    Name    REG_TYPE    data`` lines).
+
+    The type names are not translated, so this reads a German guest's output too (Microsoft Learn,
+    "reg query"). Value names with spaces are not supported (none that vmtest reads has one).
+    """
+    return {match["name"]: match["data"] for match in _REG_VALUE.finditer(text)}

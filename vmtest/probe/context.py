@@ -10,14 +10,12 @@ from __future__ import annotations
 import codecs
 import contextlib
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from vmtest.errors import GuestCommandFailed, VmtestError
+from vmtest.errors import VmtestError
 from vmtest.guest.quoting import ShellKind, join_for
-from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
+from vmtest.guest.transport import Transport
 from vmtest.probe.model import RawOutput
 
 __all__ = ["COMMAND_TIMEOUT", "ProbeContext", "ProbeSettings"]
@@ -34,9 +32,8 @@ class ProbeSettings:
 
     kd: bool = False
     debugview_program: str = ""
-    debugview_start: tuple[str, ...] | None = None
-    """``debugview.start_command``: None starts DbgViewCLI through WMI, as the capture does."""
-    debugview_no_win32: bool = True
+    debugview_pid: int | None = None
+    """The PID of the run's own DbgViewCLI, when the capture started it through WMI."""
     kernel_release: str = ""
     debugview_watch: float = 3.0
     """How long DbgViewCLI must stay alive after the command that started it has returned (seconds)."""
@@ -76,45 +73,7 @@ class ProbeContext:
             return True
         return False
 
-    def recording(self) -> Transport:
-        """The guest's transport, with every command run through it kept for the current check."""
-        return _Recording(self)
-
     def take_raw(self) -> tuple[RawOutput, ...]:
         """The outputs kept since the last call (one check's)."""
         raw, self._raw = tuple(self._raw), []
         return raw
-
-
-class _Recording(Transport):
-    """A transport that runs commands through a :class:`ProbeContext` (so their outputs are kept)."""
-
-    def __init__(self, context: ProbeContext) -> None:
-        self.context = context
-
-    def wait_ready(self, timeout: float) -> None:
-        """The guest is logged in already."""
-
-    def close(self) -> None:
-        """The context's transport stays open."""
-
-    def put(
-        self, local: Path, remote: str, *, timeout: float, progress: ProgressCallback | None = None
-    ) -> None:
-        """Copy a file in, through the context's transport."""
-        self.context.transport.put(local, remote, timeout=timeout, progress=progress)
-
-    def get(
-        self, remote: str, local: Path, *, timeout: float, progress: ProgressCallback | None = None
-    ) -> None:
-        """Copy a file out, through the context's transport."""
-        self.context.transport.get(remote, local, timeout=timeout, progress=progress)
-
-    def run(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
-        """Run ``argv`` and keep its output in the context."""
-        started = time.monotonic()
-        raw = self.context.run(argv, timeout=timeout)
-        if raw.exit_code is None:
-            raise GuestCommandFailed(raw.output)
-        output = raw.output.encode("utf-8")
-        return CommandResult(raw.command, raw.exit_code, output, b"", time.monotonic() - started)

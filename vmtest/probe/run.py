@@ -10,12 +10,14 @@ report, shut down.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import os
 from pathlib import Path
 
+from vmtest.capture.debugview import DebugViewSource
 from vmtest.capture.kd_source import KdSource
 from vmtest.config.models import LinuxGuestConfig, VmtestConfig
 from vmtest.config.windows import Windows11GuestConfig
@@ -82,7 +84,11 @@ def image_key(session: VmSession) -> str:
 def _settings(session: VmSession) -> tuple[ProbeSettings, tuple[tuple[Check, CheckFunction], ...]]:
     guest = session.config.guest
     if isinstance(guest, Windows11GuestConfig):
-        return windows_settings(guest), WINDOWS_CHECKS
+        running = next((source for source in session.sources if isinstance(source, DebugViewSource)), None)
+        settings = windows_settings(guest)
+        if running is not None:
+            settings = dataclasses.replace(settings, debugview_pid=running.pid)
+        return settings, WINDOWS_CHECKS
     profile = session.machine.profile if session.machine is not None else None
     release = profile.image.kernel_release if isinstance(profile, LinuxProfile) else ""
     return ProbeSettings(kernel_release=release), LINUX_CHECKS
