@@ -98,6 +98,11 @@ class ScriptedWindows(Transport):
         if argv[0] == "tasklist":
             alive = self.dbgview_alive and not self.job_kills
             return 0, sample("tasklist_csv_noheader_running.txt" if alive else "tasklist_no_match.txt")
+        if argv[0] == "verifier":  # nothing verified: the settings' lines, then an empty driver list
+            return (
+                0,
+                b"Special pool: Disabled\r\nForce IRQL checking: Disabled\r\n\r\nVerified drivers:\r\n\r\n",
+            )
         if argv[:2] == ["bcdedit", "/enum"]:
             text = sample("bcdedit_enum_current_testsigning_yes.txt")
             if self.kernel_debug:  # `bcdedit /debug on` adds this element (windows11-vm.md §1.10)
@@ -119,6 +124,8 @@ class ScriptedWindows(Transport):
             return 1, self._de("reg_query_not_found.txt", "reg_query_not_found_de.txt")
         if key.endswith(r"SecureBoot\State"):
             return 0, sample("reg_secureboot_off.txt")
+        if key.endswith("Memory Management"):
+            return 0, (DATA / "verifier" / "reg_memory_management_unset.txt").read_bytes()
         if key.endswith("Debug Print Filter"):
             return 0, sample("reg_debug_print_filter.txt")
         raise AssertionError(key)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from vmtest.capture.debugview import parse_tasklist_pids
 from vmtest.config.windows import Windows11GuestConfig
+from vmtest.drivers.verifier import REGISTRY_QUERY, parse_registry
 from vmtest.drivers.windows_output import parse_bcdedit_testsigning, parse_reg_values
 from vmtest.probe.context import ProbeContext, ProbeSettings
 from vmtest.probe.model import Check, Observation, Status
@@ -414,6 +415,30 @@ def check_debugview(ctx: ProbeContext) -> Observation:
     return Observation(DEBUGVIEW, Status.DIFFERS, f"{image} not running", advice, ctx.take_raw())
 
 
+VERIFIER = Check(
+    "driver-verifier",
+    "Driver Verifier's tools and settings",
+    "verifier.exe runs, and the settings for the next boot are the registry values VerifyDriverLevel and "
+    "VerifyDrivers (how driver.verifier checks them); the outputs are recorded to confirm their layout.",
+    "verifier /querysettings exit 0; reg query of Memory Management readable",
+    rows=("W-VERIFIER-REGISTRY", "W-VERIFIER-QUERY"),
+)
+
+
+def check_verifier(ctx: ProbeContext) -> Observation:
+    """Record what verifier and the registry say now (nothing is changed)."""
+    settings = ctx.run(["verifier", "/querysettings"])
+    ctx.run(["verifier", "/query"])
+    registry = ctx.run(REGISTRY_QUERY)
+    level, drivers = parse_registry(registry.output)
+    named = " ".join(drivers) or "-"
+    seen = f"verifier exit {settings.exit_code}; VerifyDriverLevel {level:#x}, VerifyDrivers {named}"
+    if settings.exit_code != 0 or registry.exit_code != 0:
+        advice = "Driver Verifier cannot be used here (driver.verifier): run as the image's administrator"
+        return Observation(VERIFIER, Status.DIFFERS, seen, advice, ctx.take_raw())
+    return Observation(VERIFIER, Status.AS_EXPECTED, seen, "", ctx.take_raw())
+
+
 WINDOWS_CHECKS: tuple[tuple[Check, CheckFunction], ...] = (
     (CODE_PAGE, check_code_page),  # first: later outputs are decoded with it
     (OS, check_os),
@@ -427,6 +452,7 @@ WINDOWS_CHECKS: tuple[tuple[Check, CheckFunction], ...] = (
     (PRINT_FILTER, check_print_filter),
     (DRIVER_TOOLS, check_driver_tools),
     (DEBUGVIEW, check_debugview),
+    (VERIFIER, check_verifier),
 )
 """Every Windows check, in the order it runs."""
 
