@@ -249,3 +249,28 @@ def test_the_driver_readme_shows_call_op_new_in_the_event_order() -> None:
     readme = (DRIVER / "README.md").read_text(encoding="utf-8")
     row = next(line for line in readme.splitlines() if line.startswith("| `kmutex_contention` |"))
     assert row.index("`call op=new`") < row.index("`acquire`")
+
+
+# --- This repository's own workflow runs what .ci/run runs ---------------------------------------------
+
+
+def test_own_ci_runs_every_command_of_ci_run_and_every_test_folder() -> None:
+    ci_run = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ci = yaml.safe_load((WORKFLOWS / "ci.yml").read_text(encoding="utf-8"))
+    commands = " \n".join(str(s.get("run", "")) for job in ci["jobs"].values() for s in job["steps"])
+    for line in ci_run.splitlines():
+        line = line.strip()
+        if line.startswith((".venv/bin/ruff", ".venv/bin/mypy", "cargo test")):
+            words = [w for w in line.split() if w not in ("--quiet",)]
+            assert " ".join(words) in " ".join(commands.split()), f".ci/run's `{line}` is not in ci.yml"
+    tested = {
+        part
+        for command in commands.split("\n")
+        if ".venv/bin/pytest" in command
+        for part in command.split()
+        if part.startswith("tests/")
+    }
+    folders = {
+        f"tests/{p.name}" for p in (ROOT / "tests").iterdir() if p.is_dir() and any(p.glob("test_*.py"))
+    }
+    assert folders <= tested, f"ci.yml runs no pytest for {sorted(folders - tested)}"
