@@ -90,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("config", nargs="?", type=Path)
     doctor.add_argument("--json", action="store_true")
+    doctor.add_argument(
+        "--artifacts", type=Path, metavar="DIR", help="where `vmtest run --artifacts` will write"
+    )
     doctor.set_defaults(command=_doctor)
 
     kd = commands.add_parser("kd", help="be the kernel debugger on a VM's serial port: print DbgPrint live")
@@ -193,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from vmtest.doctor import doctor_command
 
-    return doctor_command(args.config, json_output=args.json)
+    return doctor_command(args.config, json_output=args.json, artifacts=args.artifacts)
 
 
 def _kd(args: argparse.Namespace) -> int:

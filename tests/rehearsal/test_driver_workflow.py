@@ -42,6 +42,8 @@ def runner(tmp_path: Path, *, event: str = "pull_request", fork: bool = False, *
     for name, text in {
         "linux.yaml": "guest:\n  kind: linux\n",
         "slow-boot.yaml": "guest:\n  kind: linux\ntimeouts:\n  boot: 1\n",
+        # neg_wait_at_dispatch panics the guest; not marked as an expected crash, it fails.
+        "crash-fails.yaml": "verdict:\n  expected_crashes:\n    neg_wait_at_dispatch: null\n",
         "windows11.yaml": "guest:\n  kind: windows11\n  password: ${VMTEST_WINDOWS_PASSWORD}\n",
     }.items():
         (caller / "vmtest" / name).write_text(text, encoding="utf-8")
@@ -142,23 +144,26 @@ def test_two_shards_run_every_scenario_and_pass_the_check(tmp_path: Path) -> Non
 
 def test_one_shard_with_a_failing_scenario_then_re_run(tmp_path: Path) -> None:
     """shards: 1 (a lone results artifact is extracted without its folder), a failure, and a re-run."""
-    run = runner(tmp_path, shards=1, scenarios="kmutex_contention neg_lock_inversion")
+    scenarios = "kmutex_contention neg_wait_at_dispatch"
+    run = runner(tmp_path, shards=1, scenarios=scenarios, **{"vmtest-config": "vmtest/crash-fails.yaml"})
     jobs = run.run(fake_build(run))
     (shard,) = jobs["vm-test"]
     assert (
         shard.result == "failure"
         and shard.steps["Upload the artifacts (logs, screenshots, reports)"] == "success"
     )
-    assert any("neg_lock_inversion" in a for a in shard.annotations), shard.annotations
+    assert any("neg_wait_at_dispatch" in a for a in shard.annotations), shard.annotations
     assert final_check(jobs).result == "failure"
-    assert merged_cases(run) == ["kmutex_contention", "neg_lock_inversion"], "the merged report is not empty"
+    assert merged_cases(run) == ["kmutex_contention", "neg_wait_at_dispatch"], (
+        "the merged report is not empty"
+    )
 
     again = run.rerun(["vm-test", "report"], jobs)
     (shard,) = again["vm-test"]
     uploads = {name: outcome for name, outcome in shard.steps.items() if name.startswith("Upload")}
     assert set(uploads.values()) == {"success"}, "a re-run uploads over its own earlier attempt"
     assert final_check(again).result == "failure"
-    assert merged_cases(run) == ["kmutex_contention", "neg_lock_inversion"]
+    assert merged_cases(run) == ["kmutex_contention", "neg_wait_at_dispatch"]
     assert_nothing_secret_or_heavy_uploaded(run)
     # The stand-in refuses what upload-artifact refuses: the same name again without overwrite.
     error = run.artifacts.upload("vmtest-report", [tmp_path / "caller"], overwrite=False, if_no_files="warn")
