@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+import yaml
 from actions_runner import Artifacts, JobRun, Runner, _commands, evaluate
 
 from vmtest.images.linux import build_linux_image, default_cache_root
@@ -140,6 +142,7 @@ def test_two_shards_run_every_scenario_and_pass_the_check(tmp_path: Path) -> Non
     assert "vmtest-artifacts-shard-1" in shard.summary and "actions/runs/4242" in shard.summary
     assert str(tmp_path) not in shard.summary, "the summary names the artifact, not a path on the runner"
     assert not [a for a in shard.annotations if a.startswith("::error")]
+    assert "::stop-commands::" in shard.log, "guest output is printed while workflow commands are stopped"
 
 
 def test_one_shard_with_a_failing_scenario_then_re_run(tmp_path: Path) -> None:
@@ -253,3 +256,34 @@ def test_expressions() -> None:
     assert evaluate("!cancelled() && inputs.shards == '2'", context) is True
     assert evaluate("join(fromJSON(inputs.runner-labels), '+')", context) == "a+b"
     assert shutil.which("bash")
+
+
+def test_the_upload_selection_leaves_out_disks_firmware_tpm_state_and_what_exceeds_the_budget(
+    tmp_path: Path,
+) -> None:
+    """The VM job's selection step, run as it is in the workflow, on a run folder holding everything."""
+    document = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
+    (step,) = [
+        s for s in document["jobs"]["vm-test"]["steps"] if s.get("name") == "Select the artifacts to upload"
+    ]
+    run_dir = tmp_path / "out" / "artifacts" / "vmtest-run-1"
+    (run_dir / "tpm").mkdir(parents=True)
+    files = {
+        "disk0.qcow2": 4096,
+        "efivars.fd": 4096,
+        "tpm/tpm2-00.permall": 100,
+        "capture.log": 1000,
+        "report.html": 2000,
+        "serial-console.log": 3 * 1024 * 1024,  # over the 1 MiB budget below
+    }
+    for name, size in files.items():
+        (run_dir / name).write_bytes(b"x" * size)
+    env = {**os.environ, "VMTEST_OUT": str(tmp_path / "out"), "BUDGET_MIB": "1", "SHARD": "3"}
+    script = tmp_path / "select.sh"
+    script.write_text(step["run"], encoding="utf-8")
+    result = subprocess.run(["bash", "-eo", "pipefail", str(script)], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    uploaded = tmp_path / "out" / "upload" / "shard-3" / "vmtest-run-1"
+    assert sorted(p.name for p in uploaded.rglob("*") if p.is_file()) == ["capture.log", "report.html"]
+    left_out = (tmp_path / "out" / "upload" / "shard-3" / "LEFT-OUT.txt").read_text()
+    assert "serial-console.log" in left_out and "over the 1 MiB budget" in result.stdout
