@@ -274,3 +274,75 @@ def test_own_ci_runs_every_command_of_ci_run_and_every_test_folder() -> None:
         f"tests/{p.name}" for p in (ROOT / "tests").iterdir() if p.is_dir() and any(p.glob("test_*.py"))
     }
     assert folders <= tested, f"ci.yml runs no pytest for {sorted(folders - tested)}"
+
+
+def crate(folder: Path, name: str, dependencies: str = "") -> None:
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "lib.rs").write_text("")
+    manifest = f'[package]\nname = "{name}"\nversion = "1.3.9"\nedition = "2021"\n\n[workspace]\n\n'
+    (folder / "Cargo.toml").write_text(manifest + f"[dependencies]\n{dependencies}", encoding="utf-8")
+
+
+def check_crate_under_test(tmp_path: Path, workspace: Path, driver: Path, metadata: str | None = None) -> str:
+    """The build job's step, run with bash; `cargo +TOOLCHAIN` is this machine's cargo (offline)."""
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        pytest.fail("cargo is not installed (.ci/run installs it)")
+    (step,) = [s for s in steps("build-driver") if s.get("name", "").startswith("Check the crate under test")]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "cargo"
+    if metadata is None:  # real cargo without the +toolchain and --locked (no lock file offline)
+        fake.write_text(f"#!/bin/sh\nshift\nexec {cargo} metadata --offline --format-version 1\n")
+    else:
+        fake.write_text(f"#!/bin/sh\ncat <<'JSON'\n{metadata}\nJSON\n")
+    fake.chmod(0o755)
+    python = bin_dir / "python"
+    if not python.exists():
+        python.symlink_to(sys.executable)  # setup-python's `python`
+    script = tmp_path / "step.sh"
+    script.write_text(step["run"], encoding="utf-8")
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "HOME": str(Path.home()),
+        "CRATE": "wdk-mutex",
+        "CHANNEL": "1.85.0",
+        "GITHUB_WORKSPACE": str(workspace),
+        "RUNNER_TEMP": str(tmp_path),
+    }
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", str(script)],
+        cwd=driver,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return f"{result.returncode}\n{result.stdout}{result.stderr}"
+
+
+def test_the_crate_under_test_must_come_from_the_checkout(tmp_path: Path) -> None:
+    """A [patch]ed path inside the checkout passes; a copy outside it, or the crates.io release, fails."""
+    repo = tmp_path / "wdk-mutex"
+    crate(repo, "wdk-mutex")
+    crate(repo / "vmtest" / "wdk-mutex-tests", "wdk-mutex-tests", 'wdk-mutex = { path = "../.." }\n')
+    out = check_crate_under_test(tmp_path, repo, repo / "vmtest" / "wdk-mutex-tests")
+    assert out.startswith("0\n") and "wdk-mutex 1.3.9 is built from" in out, out
+
+    elsewhere = tmp_path / "elsewhere"
+    crate(elsewhere, "wdk-mutex")
+    crate(repo / "other", "other-driver", f'wdk-mutex = {{ path = "{elsewhere}" }}\n')
+    out = check_crate_under_test(tmp_path, repo, repo / "other")
+    assert out.startswith("1\n") and "not from this checkout" in out, out
+
+    # `cargo metadata`'s form for a crates.io package (doc.rust-lang.org/cargo, "cargo metadata").
+    registry = {
+        "name": "wdk-mutex",
+        "version": "1.3.2",
+        "source": "registry+https://github.com/rust-lang/crates.io-index",
+        "manifest_path": str(
+            Path.home() / ".cargo/registry/src/index.crates.io-1949cf8c6b5b557f/wdk-mutex-1.3.2/Cargo.toml"
+        ),
+    }
+    out = check_crate_under_test(tmp_path, repo, repo, json.dumps({"packages": [registry]}))
+    assert out.startswith("1\n") and "registry+https://github.com/rust-lang/crates.io-index" in out, out
