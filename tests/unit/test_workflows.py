@@ -25,7 +25,13 @@ from typing import Any
 import pytest
 import yaml
 
-tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """A TOML file (tomllib is in Python 3.11+; on 3.10 the tests that read one are skipped)."""
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in Python 3.11+")
+    document: dict[str, Any] = tomllib.loads(path.read_text(encoding="utf-8"))
+    return document
+
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOWS = ROOT / ".github" / "workflows"
@@ -132,7 +138,7 @@ def test_runner_scripts_pass_shellcheck(script: Path) -> None:
 
 
 def test_the_driver_pins_the_windows_drivers_rs_release_the_workflow_follows() -> None:
-    manifest = tomllib.loads((DRIVER / "Cargo.toml").read_text(encoding="utf-8"))
+    manifest = load_toml(DRIVER / "Cargo.toml")
     pinned = {**manifest["dependencies"], **manifest["build-dependencies"]}
     for crate, version in WDR["crates"].items():
         if crate == "wdk":
@@ -146,9 +152,7 @@ def test_the_driver_pins_the_windows_drivers_rs_release_the_workflow_follows() -
 
 
 def test_the_toolchain_is_a_stable_release_the_crates_accept() -> None:
-    channel = tomllib.loads((DRIVER / "rust-toolchain.toml").read_text(encoding="utf-8"))["toolchain"][
-        "channel"
-    ]
+    channel = load_toml(DRIVER / "rust-toolchain.toml")["toolchain"]["channel"]
     assert re.fullmatch(r"\d+\.\d+\.\d+", channel), f"{channel} is not an exact stable release"
     version = tuple(int(part) for part in channel.split("."))
     assert version >= tuple(int(part) for part in WDR["rust_version"].split("."))
@@ -218,7 +222,7 @@ def test_the_driver_folder_is_self_contained_and_one_package_for_cargo_make(tmp_
         pytest.fail("cargo is not installed (.ci/run installs it)")
     copy = tmp_path / "copied-driver"
     shutil.copytree(DRIVER, copy, ignore=shutil.ignore_patterns("target"))
-    manifest = tomllib.loads((copy / "Cargo.toml").read_text(encoding="utf-8"))
+    manifest = load_toml(copy / "Cargo.toml")
     excluded = manifest["workspace"]["exclude"]
     for name, spec in manifest["dependencies"].items():
         if isinstance(spec, dict) and "path" in spec:
@@ -346,3 +350,60 @@ def test_the_crate_under_test_must_come_from_the_checkout(tmp_path: Path) -> Non
     }
     out = check_crate_under_test(tmp_path, repo, repo, json.dumps({"packages": [registry]}))
     assert out.startswith("1\n") and "registry+https://github.com/rust-lang/crates.io-index" in out, out
+
+
+def run_step(job: str, name: str, tmp_path: Path, cwd: Path, **env: str) -> tuple[int, str, dict[str, str]]:
+    """One step of the workflow, run with bash as the runner runs it; its exit code, output, GITHUB_OUTPUT."""
+    (step,) = [s for s in steps(job) if s.get("name") == name]
+    script, output = tmp_path / "step.sh", tmp_path / "github-output"
+    script.write_text(step["run"], encoding="utf-8")
+    output.write_text("")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    if not (bin_dir / "python").exists():
+        (bin_dir / "python").symlink_to(sys.executable)  # setup-python's `python`
+    full = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "GITHUB_OUTPUT": str(output),
+        "RUNNER_TEMP": str(tmp_path),
+        **env,
+    }
+    result = subprocess.run(
+        ["bash", "-eo", "pipefail", str(script)], cwd=cwd, env=full, capture_output=True, text=True
+    )
+    outputs = dict(line.split("=", 1) for line in output.read_text().splitlines() if "=" in line)
+    return result.returncode, result.stdout + result.stderr, outputs
+
+
+def test_the_build_job_reads_the_drivers_toolchain_file(tmp_path: Path) -> None:
+    pytest.importorskip("tomllib", reason="the step runs on setup-python's 3.12; tomllib is in 3.11+")
+    code, log, outputs = run_step(
+        "build-driver",
+        "Read the Rust toolchain from rust-toolchain.toml",
+        tmp_path,
+        ROOT,
+        DRIVER_PATH="drivers/wdk-mutex-tests",
+        GITHUB_WORKSPACE=str(ROOT),
+    )
+    assert code == 0, log
+    assert outputs == {
+        "channel": "1.85.0",
+        "components": "rustfmt,clippy",
+        "targets": "x86_64-pc-windows-msvc",
+        "profile": "minimal",
+    }
+
+
+def test_the_build_job_collects_the_one_package_folder(tmp_path: Path) -> None:
+    """wdk-build 0.5.1 writes target/<profile>/<crate>_package; build/ and deps/ folders are not it."""
+    driver = tmp_path / "repo" / "vmtest" / "wdk-mutex-tests"
+    package = driver / "target" / "debug" / "wdk_mutex_tests_package"
+    package.mkdir(parents=True)
+    (package / "wdk_mutex_tests.sys").write_bytes(b"MZ")
+    (driver / "target" / "debug" / "build" / "wdk-sys-package-123").mkdir(parents=True)
+    code, log, outputs = run_step("build-driver", "Collect the driver package", tmp_path, tmp_path / "repo")
+    assert code == 0, log
+    assert (Path(outputs["dir"]) / "wdk_mutex_tests.sys").is_file()
+    (driver / "target" / "release" / "wdk_mutex_tests_package").mkdir(parents=True)
+    code, log, _ = run_step("build-driver", "Collect the driver package", tmp_path, tmp_path / "repo")
+    assert code == 1 and "expected one driver package folder" in log
