@@ -120,9 +120,18 @@ def assert_nothing_secret_or_heavy_uploaded(run: Runner) -> None:
             assert size <= BUDGET_MIB * 1024 * 1024
 
 
-def test_two_shards_run_every_scenario_and_pass_the_check(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory: pytest.TempPathFactory) -> tuple[Runner, dict[str, list[JobRun]], Path]:
+    """One real run of two shards (two VMs); the cases that only need the report side reuse its results."""
+    tmp_path = tmp_path_factory.mktemp("two-shards")
     run = runner(tmp_path, shards=2, scenarios="kmutex_contention irql_errors")
-    jobs = run.run(fake_build(run))
+    return run, run.run(fake_build(run)), tmp_path
+
+
+def test_two_shards_run_every_scenario_and_pass_the_check(
+    two_shards: tuple[Runner, dict[str, list[JobRun]], Path],
+) -> None:
+    run, jobs, tmp_path = two_shards
     assert [j.result for j in jobs["vm-test"]] == ["success", "success"], [
         j.log[-3000:] for j in jobs["vm-test"]
     ]
@@ -143,6 +152,36 @@ def test_two_shards_run_every_scenario_and_pass_the_check(tmp_path: Path) -> Non
     assert str(tmp_path) not in shard.summary, "the summary names the artifact, not a path on the runner"
     assert not [a for a in shard.annotations if a.startswith("::error")]
     assert "::stop-commands::" in shard.log, "guest output is printed while workflow commands are stopped"
+
+
+def reuse_results(source: Runner, target: Runner, shards: list[int]) -> None:
+    for shard in shards:
+        name = f"vmtest-results-shard-{shard}"
+        shutil.copytree(source.artifacts.path(name), target.artifacts.path(name))
+
+
+def test_the_report_merges_real_shard_results(
+    two_shards: tuple[Runner, dict[str, list[JobRun]], Path], tmp_path: Path
+) -> None:
+    """The report side alone, on the two real shards' results: both artifacts land side by side."""
+    run = runner(tmp_path, shards=2)
+    reuse_results(two_shards[0], run, [1, 2])
+    jobs = run.run({"build-driver": "success", "vm-test": "success"})
+    assert final_check(jobs).result == "success", final_check(jobs).log
+    assert merged_cases(run) == ["irql_errors", "kmutex_contention"]
+
+
+def test_a_shard_that_left_no_results_fails_the_report(
+    two_shards: tuple[Runner, dict[str, list[JobRun]], Path], tmp_path: Path
+) -> None:
+    """A shard that died before uploading (a runner lost mid-job) is named; the rest is still merged."""
+    run = runner(tmp_path, shards=2)
+    reuse_results(two_shards[0], run, [1])
+    jobs = run.run({"build-driver": "success", "vm-test": "failure"})
+    report = final_check(jobs)
+    assert report.result == "failure"
+    assert any("shard(s) 2 left no results" in a for a in report.annotations), report.annotations
+    assert len(merged_cases(run)) == 1
 
 
 def test_one_shard_with_a_failing_scenario_then_re_run(tmp_path: Path) -> None:
