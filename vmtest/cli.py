@@ -94,6 +94,9 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("config", nargs="?", type=Path)
     doctor.add_argument("--json", action="store_true")
     doctor.add_argument(
+        "--artifacts", type=Path, metavar="DIR", help="where `vmtest run --artifacts` will write"
+    )
+    doctor.add_argument(
         "--guest",
         action="store_true",
         help="also boot the guest and check its assumptions (`vmtest probe`)",
@@ -216,10 +219,9 @@ def _run(args: argparse.Namespace) -> int:
 def _doctor(args: argparse.Namespace) -> int:
     from vmtest.doctor import doctor_command
 
-    code = doctor_command(args.config, json_output=args.json)
+    code = doctor_command(args.config, json_output=args.json, artifacts=args.artifacts)
     if not args.guest:
         return code
-    args.artifacts = None
     return max(code, _probe(args))
 
 

@@ -5,17 +5,14 @@ there and intact, ...) with a severity that depends on the configured guest: a L
 TCG when KVM cannot run it, so a KVM failure is a warning there and an error for a Windows guest. The
 exit code is 0 exactly when no check failed with severity ``error``.
 
-The Windows guest model is read through ``config.guest.kind`` and ``getattr`` only, so this module does
-not depend on it. A Windows image may have a metadata file next to it (``<image>.json``, see
-:func:`windows_metadata_path`) with ``sha256`` (the image's hash) and ``licence_expires`` (ISO date on
-which the evaluation licence runs out).
+The image checks (``doctor_image.py``) resolve the image with the function ``vmtest run`` uses and read
+what it was built with from its ``image.json``; the host checks for CI runners (memory, CPUs, the kvm
+group, the cache folder) are in ``doctor_host.py``. Both are registered in :func:`run_checks`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import datetime
 import fcntl
 import json
 import os
@@ -25,18 +22,16 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from vmtest.config import load_config
 from vmtest.config.models import VmtestConfig
 from vmtest.errors import EXIT_INFRA, VmtestError
-from vmtest.images.digest import sha256_file
-from vmtest.images.linux import BUILD_COMMAND, LinuxImage, default_cache_root, find_linux_image
+from vmtest.images.linux import default_cache_root, find_linux_image
 from vmtest.machine.accel import probe_kvm
 from vmtest.machine.profiles import profile_for
 
 __all__ = [
-    "LICENCE_WARNING_DAYS",
     "Check",
     "Severity",
     "doctor_command",
@@ -44,24 +39,17 @@ __all__ = [
     "qemu_version",
     "render",
     "run_checks",
-    "windows_image_checks",
-    "windows_metadata_path",
 ]
 
 Severity = Literal["error", "warning", "info"]
 
 PNG_SCREENSHOT_QEMU = (7, 1)  # QMP screendump's "format" argument is "Since 7.1"
-OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
-OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
 KVM_DEVICE = "/dev/kvm"
 KVM_CHECK_EXTENSION = 0xAE03  # _IO(KVMIO, 0x03)
 KVM_CAP_HYPERV = 44
 GIB = 1 << 30
 DISK_ERROR_BYTES = 2 * GIB
 DISK_WARNING_BYTES = 10 * GIB
-LICENCE_WARNING_DAYS = 14
-HASH_CACHE_NAME = "doctor-hashes.json"
-RUNNER_SETUP = "ci/runner/setup.sh --image PATH"
 VERSION_TIMEOUT = 10.0
 
 
@@ -229,16 +217,6 @@ def _check_hyperv(config: VmtestConfig) -> Check:
 # --------------------------------------------------------------------------------------------------
 
 
-def _check_ovmf(config: VmtestConfig) -> Check:
-    missing = [str(path) for path in (OVMF_CODE, OVMF_VARS) if not path.is_file()]
-    if not missing:
-        return _passed("ovmf", f"{OVMF_CODE.name} and {OVMF_VARS.name} in {OVMF_CODE.parent}")
-    severity: Severity = "error" if _is_windows(config) else "info"
-    return Check(
-        "ovmf", False, severity, f"UEFI firmware missing: {', '.join(missing)}", "apt-get install ovmf"
-    )
-
-
 def _existing_ancestor(path: Path) -> Path:
     path = path.absolute()
     while not path.exists() and path != path.parent:
@@ -267,139 +245,25 @@ def _check_disk_space(config: VmtestConfig) -> Iterator[Check]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Images
-# --------------------------------------------------------------------------------------------------
-
-
-def _check_linux_image(config: VmtestConfig) -> Check:
-    configured: Path | None = getattr(config.guest, "image", None)
-    try:
-        image = LinuxImage.load(configured) if configured is not None else find_linux_image()
-    except VmtestError as error:
-        return Check("image", False, "error", str(error), BUILD_COMMAND)
-    return _passed("image", f"Linux image {image.root} (kernel {image.kernel_release})")
-
-
-def windows_metadata_path(image: Path) -> Path:
-    """Where the metadata of a Windows image lives: next to it, ``win11.qcow2`` -> ``win11.json``."""
-    return image.with_suffix(".json")
-
-
-def windows_image_checks(image: Path, *, today: datetime.date | None = None) -> list[Check]:
-    """The image exists, matches the hash in its metadata, and its evaluation licence has time left."""
-    if not image.is_file():
-        return [Check("image", False, "error", f"Windows image {image} does not exist", RUNNER_SETUP)]
-    checks = [_passed("image", f"Windows image {image} ({image.stat().st_size / GIB:.1f} GiB)")]
-    metadata_path = windows_metadata_path(image)
-    if not metadata_path.is_file():
-        checks.append(
-            Check(
-                "image-metadata",
-                False,
-                "info",
-                f"no {metadata_path.name} next to the image: its hash and licence expiry are not checked",
-                RUNNER_SETUP,
-            )
-        )
-        return checks
-    try:
-        metadata = json.loads(metadata_path.read_text(encoding="utf-8"))
-        if not isinstance(metadata, dict):
-            raise ValueError("not a JSON object")
-    except (OSError, ValueError) as error:
-        return [
-            *checks,
-            Check("image-metadata", False, "warning", f"cannot read {metadata_path}: {error}", ""),
-        ]
-    checks.append(_check_hash(image, metadata.get("sha256")))
-    checks.append(_check_licence(metadata.get("licence_expires"), today or datetime.date.today()))
-    return checks
-
-
-def _check_hash(image: Path, expected: object) -> Check:
-    if not isinstance(expected, str) or not expected:
-        return Check("image-hash", False, "info", "the metadata records no sha256", RUNNER_SETUP)
-    actual = _cached_sha256(image)
-    if actual.lower() != expected.strip().lower():
-        return Check(
-            "image-hash",
-            False,
-            "error",
-            f"{image} has sha256 {actual}, its metadata says {expected}: the image changed or is damaged",
-            f"copy the golden image again: {RUNNER_SETUP}",
-        )
-    return _passed("image-hash", f"sha256 {actual} matches the metadata")
-
-
-def _check_licence(expires: object, today: datetime.date) -> Check:
-    fix = "rebuild the golden image (a fresh evaluation install starts a new 90-day licence), then place it: "
-    fix += RUNNER_SETUP
-    if expires is None:
-        return Check("licence", False, "info", "the metadata records no licence_expires", "")
-    try:
-        date = datetime.date.fromisoformat(str(expires)[:10])
-    except ValueError:
-        return Check("licence", False, "warning", f"licence_expires {expires!r} is not an ISO date", "")
-    days = (date - today).days
-    if days <= 0:
-        return Check("licence", False, "error", f"the evaluation licence expired on {date}", fix)
-    if days <= LICENCE_WARNING_DAYS:
-        return Check(
-            "licence", False, "warning", f"the evaluation licence expires in {days} day(s), {date}", fix
-        )
-    return _passed("licence", f"the evaluation licence runs until {date} ({days} days)")
-
-
-def _cached_sha256(path: Path) -> str:
-    """The file's sha256, rehashed only when its size or modification time changed since last time."""
-    cache_file = default_cache_root() / HASH_CACHE_NAME
-    try:
-        cache: dict[str, Any] = json.loads(cache_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cache = {}
-    info = path.stat()
-    key = str(path.resolve())
-    stamp = {"size": info.st_size, "mtime_ns": info.st_mtime_ns}
-    entry = cache.get(key)
-    if isinstance(entry, dict) and {name: entry.get(name) for name in stamp} == stamp:
-        return str(entry["sha256"])
-    digest = sha256_file(path)
-    cache[key] = {**stamp, "sha256": digest}
-    with contextlib.suppress(OSError):
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_name(f".{cache_file.name}.{os.getpid()}")
-        tmp.write_text(json.dumps(cache, indent=1), encoding="utf-8")
-        os.replace(tmp, cache_file)
-    return digest
-
-
-def _check_images(config: VmtestConfig) -> list[Check]:
-    if not _is_windows(config):
-        return [_check_linux_image(config)]
-    image: Path | None = getattr(config.guest, "image", None)
-    if image is None:
-        return [Check("image", False, "error", "the configuration names no Windows image (guest.image)", "")]
-    return windows_image_checks(image)
-
-
-# --------------------------------------------------------------------------------------------------
 # The whole report
 # --------------------------------------------------------------------------------------------------
 
 
 def run_checks(config: VmtestConfig) -> list[Check]:
     """Every check, in the order a person would fix them."""
+    from vmtest.doctor_host import host_checks
+    from vmtest.doctor_image import image_checks
+
     windows_tool: Severity = "warning" if _is_windows(config) else "info"
     return [
         _check_qemu(config.machine.qemu),
         _check_program("qemu-img", "qemu-utils", "error", "every run's disk overlay is made with it"),
         _check_kvm(config),
         _check_hyperv(config),
-        _check_ovmf(config),
-        _check_program("swtpm", "swtpm swtpm-tools", windows_tool, "the TPM of Windows guests"),
         _check_program("xorriso", "xorriso", windows_tool, "building Windows images"),
+        *host_checks(config),
         *_check_disk_space(config),
-        *_check_images(config),
+        *image_checks(config),
     ]
 
 
@@ -429,12 +293,16 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def doctor_command(config_path: Path | None, *, json_output: bool) -> int:
-    """``vmtest doctor [CONFIG] [--json]``: print the report and return the exit code.
+def doctor_command(config_path: Path | None, *, json_output: bool, artifacts: Path | None = None) -> int:
+    """``vmtest doctor [CONFIG] [--artifacts DIR] [--json]``: print the report and return the exit code.
 
-    A configuration that does not load raises ConfigError, which the command line turns into exit 2.
+    ``artifacts`` is where ``vmtest run --artifacts`` will write (its free space is checked there). A
+    configuration that does not load raises ConfigError, which the command line turns into exit 2.
     """
-    checks = run_checks(load_config(config_path))
+    config = load_config(config_path)
+    if artifacts is not None:
+        config = config.model_copy(update={"artifacts": artifacts})
+    checks = run_checks(config)
     code = doctor_exit_code(checks)
     if json_output:
         document = {"ok": code == 0, "exit_code": code, "checks": [asdict(check) for check in checks]}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a Debian or Ubuntu machine as a self-hosted GitHub Actions runner for vmtest: packages, KVM
-# access for the runner user, an image cache it owns, the golden Windows image, vmtest in a virtualenv,
-# and finally `vmtest doctor`. Run it again at any time: it only does what is missing.
+# access for the runner user, the image cache (root-owned images the jobs can read but not change), the
+# golden Windows image folder, the runner's policy file, vmtest in a virtualenv, and finally
+# `vmtest doctor`. Run it again at any time: it only does what is missing.
 set -euo pipefail
 
 usage() {
@@ -13,11 +14,17 @@ Prepares this Debian/Ubuntu machine to run vmtest jobs as a self-hosted GitHub A
 Options:
   --user NAME       the user the runner service runs as (default: the user who ran sudo)
   --cache DIR       the image cache, VMTEST_CACHE (default: /var/cache/vmtest)
-  --image PATH      copy this golden Windows image (qcow2) into DIR/windows11/ and record its sha256;
-                    a metadata file next to it (win11.qcow2 -> win11.json) is copied along
+  --image FOLDER    install this Windows image folder (made by `vmtest image build windows11`: image.json,
+                    disk.qcow2, efivars.fd, keys, TPM state) as DIR/windows11/<name>, verify every
+                    file against the sha256 image.json records, and point DIR/windows11/current at it
   --venv DIR        where vmtest is installed (default: /opt/vmtest/venv)
   --vmtest SOURCE   what pip installs vmtest from (default: the vmtest source tree holding this script)
-  --config FILE     the vmtest configuration the final `vmtest doctor` checks (default: vmtest's)
+  --config FILE     the vmtest configuration the final `vmtest doctor` checks (default: vmtest's); if
+                    it reads ${VMTEST_WINDOWS_PASSWORD}, run with
+                    sudo --preserve-env=VMTEST_WINDOWS_PASSWORD (sudo drops the environment)
+  --allow-host-programs
+                    let configurations set machine.qemu and machine.extra_args (they run programs
+                    on this host; refused by default: /etc/vmtest/policy.yaml)
   -h, --help        show this help
 
 Afterwards restart the runner service, so that it runs with the kvm group.
@@ -41,16 +48,19 @@ venv=/opt/vmtest/venv
 source_tree=$(cd "$script_dir/../.." && pwd)
 vmtest_source=""
 config=""
+allow_host_programs=false
+policy=/etc/vmtest/policy.yaml
 
 while [[ $# -gt 0 ]]; do
   case "$1" in
     -h | --help) usage; exit 0 ;;
     --user) runner_user=${2:?--user needs a NAME}; shift 2 ;;
     --cache) cache=${2:?--cache needs a DIR}; shift 2 ;;
-    --image) image=${2:?--image needs a PATH}; shift 2 ;;
+    --image) image=${2:?--image needs a FOLDER}; shift 2 ;;
     --venv) venv=${2:?--venv needs a DIR}; shift 2 ;;
     --vmtest) vmtest_source=${2:?--vmtest needs a SOURCE}; shift 2 ;;
     --config) config=${2:?--config needs a FILE}; shift 2 ;;
+    --allow-host-programs) allow_host_programs=true; shift ;;
     *) usage >&2; die "unknown argument: $1" ;;
   esac
 done
@@ -71,14 +81,20 @@ if [[ -z "$vmtest_source" ]]; then
   vmtest_source=$source_tree
 fi
 if [[ -n "$image" ]]; then
-  [[ -f "$image" ]] || die "--image $image is not a file"
+  [[ -d "$image" && -f "$image/image.json" ]] \
+    || die "--image $image is not an image folder made by \`vmtest image build windows11\` (no image.json)"
   image=$(realpath "$image")
+fi
+if [[ -n "$config" ]] && grep -q 'VMTEST_WINDOWS_PASSWORD' "$config" && [[ -z "${VMTEST_WINDOWS_PASSWORD:-}" ]]; then
+  die "$config reads VMTEST_WINDOWS_PASSWORD, which is not set here: export it and run sudo --preserve-env=VMTEST_WINDOWS_PASSWORD $0 ..."
 fi
 cache=$(realpath -m "$cache")
 runner_group=$(id -gn "$runner_user")
 
 as_runner() {
-  runuser -u "$runner_user" -- env VMTEST_CACHE="$cache" "$@"
+  local pass=()
+  if [[ -n "${VMTEST_WINDOWS_PASSWORD:-}" ]]; then pass=(VMTEST_WINDOWS_PASSWORD="$VMTEST_WINDOWS_PASSWORD"); fi
+  runuser -u "$runner_user" -- env VMTEST_CACHE="$cache" "${pass[@]}" "$@"
 }
 
 # --- Packages -----------------------------------------------------------------------------------------
@@ -127,38 +143,68 @@ fi
 
 # --- The image cache and the golden image ------------------------------------------------------------
 
-install -d -o "$runner_user" -g "$runner_group" -m 0750 "$cache" "$cache/windows11"
+# The cache is root's, group-writable for the runner, with the sticky bit: a job can add its own files
+# (the KVM probe's answer, built modules, warm snapshots) but cannot rename, replace or delete what root
+# put there. The image folders are root's and read-only: a job can boot them (on overlays), not change
+# them (vmtest never writes a base image).
+install -d -o root -g "$runner_group" -m 1775 "$cache"
+install -d -o root -g root -m 0755 "$cache/windows11"
 
 if [[ -n "$image" ]]; then
   name=$(basename "$image")
   dest="$cache/windows11/$name"
-  metadata_name="${name%.*}.json"
-  [[ "$name" == *.* ]] || metadata_name="$name.json"
-  source_metadata="$(dirname "$image")/$metadata_name"
-  dest_metadata="$cache/windows11/$metadata_name"
-  if [[ -f "$dest" && -f "$dest_metadata" && "$(stat -c %s.%Y "$dest")" == "$(stat -c %s.%Y "$image")" ]]; then
-    note "golden image already in place: $dest"
+  if [[ -f "$dest/image.json" ]] && cmp -s "$image/image.json" "$dest/image.json"; then
+    note "image folder already in place: $dest"
   else
-    note "copying the golden image to $dest"
-    cp --sparse=always --preserve=timestamps "$image" "$dest.part"
-    sha256=$(sha256sum "$dest.part" | cut -d' ' -f1)
-    # Record the hash in the metadata, keeping whatever else it says (licence_expires, ...).
-    /usr/bin/python3 - "$source_metadata" "$dest_metadata.part" "$sha256" <<'PY'
-import json, pathlib, sys
-source, dest, sha256 = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), sys.argv[3]
-metadata = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
-recorded = metadata.get("sha256")
-if recorded and recorded.lower() != sha256:
-    sys.exit(f"setup: error: the copy's sha256 {sha256} is not the {recorded} that {source} records")
-metadata["sha256"] = sha256
-dest.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    note "copying the image folder to $dest"
+    rm -rf "$dest.part"
+    cp -r --sparse=always --preserve=timestamps "$image" "$dest.part"
+    # Verify each file against the sha256 image.json records (vmtest image build windows11 writes them).
+    /usr/bin/python3 - "$dest.part" <<'PY'
+import hashlib, json, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+manifest = json.loads((root / "image.json").read_text(encoding="utf-8"))
+if manifest.get("kind") != "windows11" or manifest.get("format") != 1:
+    sys.exit(f"setup: error: {root}/image.json is not a Windows 11 image manifest of format 1")
+recorded = manifest.get("sha256") or {}
+for needed in (manifest["paths"]["disk"], manifest["paths"]["efivars"]):
+    if needed not in recorded:
+        sys.exit(f"setup: error: image.json records no sha256 for {needed}")
+for relative, expected in recorded.items():
+    digest = hashlib.sha256()
+    with open(root / relative, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    if digest.hexdigest() != expected.lower():
+        sys.exit(f"setup: error: {relative} has sha256 {digest.hexdigest()}, image.json says {expected}")
+    print(f"setup: {relative}: sha256 matches image.json")
 PY
-    chown "$runner_user:$runner_group" "$dest.part" "$dest_metadata.part"
-    chmod 0444 "$dest.part"  # vmtest only ever runs VMs on overlays of it
-    mv -f "$dest_metadata.part" "$dest_metadata"
-    mv -f "$dest.part" "$dest"
-    note "sha256 $sha256 recorded in $dest_metadata"
+    chown -R root:root "$dest.part"
+    find "$dest.part" -type d -exec chmod 0755 {} +
+    find "$dest.part" -type f -exec chmod 0444 {} +
+    # The client key must stay private to the runner's group (SSH refuses a key others can read).
+    find "$dest.part" -type f -name '*key*' ! -name '*.pub' -exec chgrp "$runner_group" {} + -exec chmod 0440 {} +
+    rm -rf "$dest"
+    mv "$dest.part" "$dest"
   fi
+  ln -sfn "$name" "$cache/windows11/current"
+  note "$cache/windows11/current -> $name"
+fi
+
+# --- The runner's policy -----------------------------------------------------------------------------
+
+# Configuration keys that run host programs (machine.qemu, machine.extra_args) come with pull requests;
+# vmtest refuses them unless this root-owned file allows them (vmtest/config/policy.py).
+install -d -o root -g root -m 0755 "$(dirname "$policy")"
+if [[ "$allow_host_programs" == true ]]; then
+  wanted='allow_host_program_keys: [machine.qemu, machine.extra_args]'
+else
+  wanted='allow_host_program_keys: []'
+fi
+if [[ "$(cat "$policy" 2>/dev/null)" != "$wanted" ]]; then
+  note "writing $policy"
+  printf '%s\n' "$wanted" >"$policy"
+  chmod 0644 "$policy"
 fi
 
 # --- vmtest -------------------------------------------------------------------------------------------

@@ -25,11 +25,13 @@ from vmtest.doctor import (
     qemu_version,
     render,
     run_checks,
-    windows_image_checks,
-    windows_metadata_path,
 )
+from vmtest.doctor_host import host_checks as runner_host_checks
+from vmtest.doctor_host import memory_mib
+from vmtest.doctor_image import image_checks
 from vmtest.errors import EXIT_INFRA, ImageError
 from vmtest.images.linux import default_cache_root, find_linux_image
+from vmtest.images.windows11 import WindowsImage
 from vmtest.machine.accel import probe_kvm
 
 QEMU = shutil.which("qemu-system-x86_64")
@@ -54,12 +56,32 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-def windows_image(folder: Path, content: bytes = b"golden image", **metadata: Any) -> Path:
-    image = folder / "win11.qcow2"
-    image.write_bytes(content)
-    if metadata:
-        windows_metadata_path(image).write_text(json.dumps(metadata), encoding="utf-8")
-    return image
+def windows_image(
+    folder: Path,
+    content: bytes = b"golden image",
+    *,
+    recorded: str | None = None,
+    expires: datetime.date | None = None,
+    tpm: bool = False,
+) -> Path:
+    """A Windows image folder as `vmtest image build windows11` leaves it: disk, UEFI vars, image.json."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "disk.qcow2").write_bytes(content)
+    (folder / "efivars.fd").write_bytes(b"vars")
+    manifest = {
+        "format": 1,
+        "kind": "windows11",
+        "paths": {"disk": "disk.qcow2", "efivars": "efivars.fd", "tpm_state": None, "client_key": None},
+        "sha256": {"disk.qcow2": recorded or sha256(content)},
+        "licence": {"expires": expires.isoformat() if expires else None},
+        "user": "vmtest",
+        "ready_marker": "VMTEST-READY",
+        "host_key": None,
+        "configured": {"kernel_debugging": {"enabled": False}, "tpm": {"enabled": tpm}, "openssh": None},
+        "firmware": {"ovmf_code": "/usr/share/OVMF/OVMF_CODE_4M.fd"},
+    }
+    (folder / "image.json").write_text(json.dumps(manifest), encoding="utf-8")
+    return folder
 
 
 def sha256(data: bytes) -> str:
@@ -118,7 +140,7 @@ def test_kvm_check_agrees_with_the_accelerator_probe(host_checks: dict[str, Chec
 
 
 def test_hyperv_and_ovmf_do_not_block_a_linux_guest(host_checks: dict[str, Check]) -> None:
-    for name in ("kvm-hyperv", "ovmf", "swtpm", "xorriso"):
+    for name in ("kvm-hyperv", "xorriso"):
         assert host_checks[name].severity == "info"
 
 
@@ -148,64 +170,125 @@ def test_no_linux_image_built_in_the_cache_is_an_error(cache: Path) -> None:
     assert str(cache) in checks["disk-space"].detail
 
 
+def windows_checks(image: Path, today: datetime.date = TODAY) -> dict[str, Check]:
+    return by_name(image_checks(windows_config(image), today=today))
+
+
+def test_doctor_and_run_resolve_the_same_image(cache: Path, tmp_path: Path) -> None:
+    """One function resolves and checks an image; a folder run cannot boot is an error in doctor too."""
+    image = windows_image(tmp_path / "img", expires=TODAY + datetime.timedelta(days=60))
+    assert WindowsImage.load(image).root == image
+    assert windows_checks(image)["image"].ok
+    (image / "efivars.fd").unlink()  # what setup.sh --image used to copy: a disk alone
+    check = windows_checks(image)["image"]
+    assert (check.ok, check.severity) == (False, "error") and "efivars.fd" in check.detail
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "win11.qcow2").write_bytes(b"disk")
+    check = by_name(image_checks(windows_config(lone / "win11.qcow2")))["image"]
+    assert (check.ok, check.severity) == (False, "error") and "image.json" in check.detail
+
+
 def test_windows_image_with_matching_hash_and_licence_time_left(cache: Path, tmp_path: Path) -> None:
     expires = TODAY + datetime.timedelta(days=60)
-    image = windows_image(tmp_path, sha256=sha256(b"golden image"), licence_expires=expires.isoformat())
-    checks = by_name(windows_image_checks(image))
-    assert all(check.ok for check in checks.values()), checks
+    checks = windows_checks(windows_image(tmp_path / "img", expires=expires))
+    assert checks["image-hash"].ok and checks["licence"].ok, checks
     assert str(expires) in checks["licence"].detail
 
 
 def test_expired_licence_is_an_error(cache: Path, tmp_path: Path) -> None:
-    expired = TODAY - datetime.timedelta(days=1)
-    image = windows_image(tmp_path, licence_expires=expired.isoformat())
-    licence = by_name(windows_image_checks(image))["licence"]
+    licence = windows_checks(windows_image(tmp_path / "img", expires=TODAY - datetime.timedelta(days=1)))[
+        "licence"
+    ]
     assert (licence.ok, licence.severity) == (False, "error")
-    assert "expired" in licence.detail
-    assert "setup.sh --image" in licence.fix
+    assert "expired" in licence.detail and "setup.sh --image" in licence.fix
 
 
 def test_licence_near_expiry_is_a_warning(cache: Path, tmp_path: Path) -> None:
-    image = windows_image(tmp_path, licence_expires=(TODAY + datetime.timedelta(days=5)).isoformat())
-    licence = by_name(windows_image_checks(image))["licence"]
+    image = windows_image(tmp_path / "img", expires=TODAY + datetime.timedelta(days=5))
+    licence = windows_checks(image)["licence"]
     assert (licence.ok, licence.severity) == (False, "warning")
     assert "5 day(s)" in licence.detail
-    assert by_name(windows_image_checks(image, today=TODAY - datetime.timedelta(days=30)))["licence"].ok
+    assert windows_checks(image, TODAY - datetime.timedelta(days=30))["licence"].ok
 
 
 def test_hash_mismatch_is_an_error(cache: Path, tmp_path: Path) -> None:
-    image = windows_image(tmp_path, sha256=sha256(b"another image"))
-    check = by_name(windows_image_checks(image))["image-hash"]
+    check = windows_checks(windows_image(tmp_path / "img", recorded=sha256(b"another image")))["image-hash"]
     assert (check.ok, check.severity) == (False, "error")
     assert sha256(b"golden image") in check.detail
 
 
 def test_hash_is_cached_by_size_and_mtime(cache: Path, tmp_path: Path) -> None:
-    image = windows_image(tmp_path, b"golden image", sha256=sha256(b"golden image"))
-    assert by_name(windows_image_checks(image))["image-hash"].ok
-    stat = image.stat()
-    image.write_bytes(b"golden imagf")  # same size; the old mtime is put back below
-    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    assert by_name(windows_image_checks(image))["image-hash"].ok, "the cached hash was not used"
-    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
-    assert not by_name(windows_image_checks(image))["image-hash"].ok, "a changed mtime did not rehash"
+    image = windows_image(tmp_path / "img", b"golden image")
+    disk = image / "disk.qcow2"
+    assert windows_checks(image)["image-hash"].ok
+    stat = disk.stat()
+    disk.write_bytes(b"golden imagf")  # same size; the old mtime is put back below
+    os.utime(disk, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert windows_checks(image)["image-hash"].ok, "the cached hash was not used"
+    os.utime(disk, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    assert not windows_checks(image)["image-hash"].ok, "a changed mtime did not rehash"
 
 
-def test_windows_image_without_metadata_is_not_an_error(cache: Path, tmp_path: Path) -> None:
-    checks = windows_image_checks(windows_image(tmp_path))
-    assert [(check.name, check.severity) for check in checks if not check.ok] == [("image-metadata", "info")]
-    assert doctor_exit_code(checks) == 0
+def test_swtpm_is_an_error_only_when_the_image_needs_a_tpm(
+    cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-path"))
+    assert windows_checks(windows_image(tmp_path / "a"))["swtpm"].severity == "info"
+    check = windows_checks(windows_image(tmp_path / "b", tpm=True))["swtpm"]
+    assert (check.ok, check.severity) == (False, "error")
+
+
+def test_ovmf_comes_from_the_configuration(cache: Path, tmp_path: Path) -> None:
+    image = windows_image(tmp_path / "img")
+    windows = importlib.import_module("vmtest.config.windows")
+    ovmf = windows.OvmfConfig.model_construct(code=tmp_path / "absent-code.fd", vars=None)
+    guest = windows.Windows11GuestConfig.model_construct(kind="windows11", image=image, ovmf=ovmf)
+    check = by_name(image_checks(VmtestConfig.model_construct(guest=guest)))["ovmf"]
+    assert (check.ok, check.severity) == (False, "error") and "absent-code.fd" in check.detail
 
 
 def test_missing_windows_image_is_an_error(cache: Path, tmp_path: Path) -> None:
-    (check,) = windows_image_checks(tmp_path / "absent.qcow2")
+    check = windows_checks(tmp_path / "absent")["image"]
     assert (check.ok, check.severity) == (False, "error")
     assert "setup.sh --image" in check.fix
 
 
+def test_memory_is_read_from_meminfo() -> None:
+    text = "MemTotal:        8048576 kB\nMemFree:  100 kB\nMemAvailable:    4024288 kB\n"
+    assert memory_mib(text) == {"MemTotal": 7859, "MemAvailable": 3929}
+
+
+def test_too_little_memory_for_the_guest_is_an_error() -> None:
+    config = VmtestConfig.model_validate({"machine": {"memory_mib": 1024 * 1024}})
+    check = by_name(run_checks(config))["memory"]
+    assert (check.ok, check.severity) == (False, "error")
+
+
+def test_a_missing_or_read_only_cache_folder_is_an_error(cache: Path) -> None:
+    check = by_name(runner_host_checks(VmtestConfig()))["cache"]
+    assert (check.ok, check.severity) == (False, "error") and str(cache) in check.detail
+    cache.mkdir()
+    assert by_name(runner_host_checks(VmtestConfig()))["cache"].ok
+    if os.geteuid() != 0:  # root writes anywhere
+        cache.chmod(0o555)
+        assert not by_name(runner_host_checks(VmtestConfig()))["cache"].ok
+
+
+def test_disk_space_is_checked_where_artifacts_will_be_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "elsewhere" / "artifacts"
+    doctor_command(None, json_output=True, artifacts=target)
+    document = json.loads(capsys.readouterr().out)
+    assert any(
+        str(target) in check["detail"] for check in document["checks"] if check["name"] == "disk-space"
+    )
+
+
 @needs_qemu
 def test_a_windows_guest_needs_kvm_and_ovmf(cache: Path, tmp_path: Path) -> None:
-    image = windows_image(tmp_path, licence_expires=(TODAY - datetime.timedelta(days=3)).isoformat())
+    image = windows_image(tmp_path / "img", expires=TODAY - datetime.timedelta(days=3))
     checks = run_checks(windows_config(image))
     named = by_name(checks)
     assert named["kvm"].severity == ("info" if named["kvm"].ok else "error")

@@ -6,8 +6,8 @@ apart silently:
 
 * PROTOCOL.md is parsed for its event table (required and optional keys per ``ev``), the value lists
   of ``k``, ``op``, ``r``, ``outcome`` and ``os``, and the scenario names.
-* ``drivers/event-protocol/src`` (the Rust crate) gives the ``Event`` variant -> ``ev`` mapping and
-  the spelling of every name (``Op::GrtGet`` -> ``grt_get``).
+* ``drivers/wdk-mutex-tests/event-protocol/src`` (the Rust crate) gives the ``Event`` variant -> ``ev``
+  mapping and the spelling of every name (``Op::GrtGet`` -> ``grt_get``).
 * Each driver source gives its events. The Windows driver builds every event as an
   ``Event::Variant { key: expr, ... }`` literal: the keys it sets are its field names (a field set to a
   literal ``None`` is absent), and literal values (``"..."``, ``Op::Lock``, ``Some(Os::Windows)``, a
@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DRIVERS = ROOT / "drivers"
 PROTOCOL_MD = DRIVERS / "PROTOCOL.md"
 GOLDEN = DRIVERS / "event-golden.txt"
-CRATE_SRC = DRIVERS / "event-protocol" / "src"
+CRATE_SRC = DRIVERS / "wdk-mutex-tests" / "event-protocol" / "src"
 WINDOWS_DRIVER_SRC = DRIVERS / "wdk-mutex-tests" / "src"
 
 VALUE = re.compile(r"^[A-Za-z0-9_.:,+-]+$")

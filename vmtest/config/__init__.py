@@ -13,6 +13,7 @@ from vmtest.config.models import (
     Timeouts,
     VmtestConfig,
 )
+from vmtest.config.policy import check_policy
 
 __all__ = [
     "DEFAULT_CONFIG_NAME",
@@ -29,10 +30,15 @@ DEFAULT_CONFIG_NAME = "vmtest.yaml"
 
 
 def load_config(path: Path | None = None) -> VmtestConfig:
-    """Load ``path``; with no path, ``./vmtest.yaml`` if it exists, else the Linux self-test defaults."""
+    """Load ``path``; with no path, ``./vmtest.yaml`` if it exists, else the Linux self-test defaults.
+
+    Keys that run host programs are refused unless the runner's policy allows them (config/policy.py).
+    """
     if path is None:
         default = Path(DEFAULT_CONFIG_NAME)
         if not default.exists():
             return VmtestConfig()
         path = default
-    return load_model(VmtestConfig, path)
+    config = load_model(VmtestConfig, path)
+    check_policy(config, str(path))
+    return config

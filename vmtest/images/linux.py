@@ -51,6 +51,7 @@ __all__ = [
     "default_cache_root",
     "find_linux_image",
     "image_files_dir",
+    "resolve_linux_image",
 ]
 
 logger = logging.getLogger(__name__)
@@ -194,6 +195,14 @@ def find_linux_image(cache_root: Path | None = None) -> LinuxImage:
     if not current.is_dir() or not (current / MANIFEST_NAME).is_file():
         raise ImageError(f"no Linux guest image is built in {current.parent}; run `{BUILD_COMMAND}`")
     return LinuxImage.load(current.resolve())
+
+
+def resolve_linux_image(configured: Path | None, cache_root: Path | None = None) -> LinuxImage:
+    """The image a run uses: ``guest.image`` when set, else the current one built; ImageError if unusable.
+
+    ``vmtest run`` (the guest profile) and ``vmtest doctor`` both call it, so they agree.
+    """
+    return LinuxImage.load(configured) if configured is not None else find_linux_image(cache_root)
 
 
 def _point_current(linux_dir: Path, key: str) -> None:

@@ -51,7 +51,7 @@ from vmtest.images.windows11.answer_iso import build_answer_iso, guest_settings
 from vmtest.images.windows11.build import build_windows_image
 from vmtest.images.windows11.command import image_build_windows11_command
 from vmtest.images.windows11.host import find_iso_tool
-from vmtest.images.windows11.image import WindowsImage, find_windows_image
+from vmtest.images.windows11.image import WindowsImage, find_windows_image, resolve_windows_image
 from vmtest.images.windows11.markers import MARKERS, Markers, ProvisionLog
 from vmtest.images.windows11.options import WindowsImageOptions
 from vmtest.images.windows11.plan import Deadlines, IsoEntry, WindowsImagePlan, plan_windows_image
@@ -59,6 +59,7 @@ from vmtest.images.windows11.plan import Deadlines, IsoEntry, WindowsImagePlan, 
 __all__ = [  # noqa: RUF022 (by importance, not alphabetical)
     "WindowsImage",
     "find_windows_image",
+    "resolve_windows_image",
     "MANIFEST_NAME",
     "WindowsImageOptions",
     "plan_windows_image",

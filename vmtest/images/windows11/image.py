@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "WindowsImage",
     "find_windows_image",
     "read_manifest",
+    "resolve_windows_image",
     "windows_dir",
 ]
 
@@ -50,6 +51,7 @@ class WindowsImage:
     openssh: bool
     ovmf_code: Path
     licence_expires: datetime.date | None
+    sha256: dict[str, str] = field(default_factory=dict)  # path in the folder -> sha256 at sealing
 
     @classmethod
     def load(cls, path: Path) -> WindowsImage:
@@ -74,6 +76,7 @@ class WindowsImage:
                 openssh=configured["openssh"] is not None,
                 ovmf_code=Path(manifest["firmware"]["ovmf_code"]),
                 licence_expires=datetime.date.fromisoformat(expires) if expires else None,
+                sha256={str(k): str(v) for k, v in (manifest.get("sha256") or {}).items()},
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ImageError(
@@ -129,3 +132,12 @@ def find_windows_image(cache_root: Path | None = None) -> WindowsImage:
             "--openssh-zip OpenSSH-Win64.zip` or set guest.image"
         )
     return WindowsImage.load(current.resolve())
+
+
+def resolve_windows_image(configured: Path | None, cache_root: Path | None = None) -> WindowsImage:
+    """The image a run uses: ``guest.image`` when set, else the newest built; ImageError if unusable.
+
+    The one place that decides which Windows image is meant and whether it is one: ``vmtest run`` (the
+    guest profile) and ``vmtest doctor`` both call it.
+    """
+    return WindowsImage.load(configured) if configured is not None else find_windows_image(cache_root)

@@ -11,14 +11,14 @@ __all__ = ["LaunchContext", "Profile", "profile_for"]
 def profile_for(config: VmtestConfig) -> Profile:
     """The profile for the configured guest, with its image located (raises ImageError if missing)."""
     # Imported here: the image builders drive a Machine themselves, so they import this package.
-    from vmtest.images.linux import LinuxImage, find_linux_image
-    from vmtest.images.windows11 import WindowsImage, find_windows_image
+    from vmtest.images.linux import resolve_linux_image
+    from vmtest.images.windows11 import resolve_windows_image
     from vmtest.machine.profiles.linux import LinuxProfile
     from vmtest.machine.profiles.windows11 import Windows11Profile
 
     guest = config.guest
     if isinstance(guest, LinuxGuestConfig):
-        linux = LinuxImage.load(guest.image) if guest.image is not None else find_linux_image()
+        linux = resolve_linux_image(guest.image)
         return LinuxProfile(linux, append=guest.append, ssh_port=guest.ssh.guest_port)
-    windows = WindowsImage.load(guest.image) if guest.image is not None else find_windows_image()
+    windows = resolve_windows_image(guest.image)
     return Windows11Profile.for_image(windows, guest)

@@ -12,7 +12,7 @@ use vmtest_event_protocol::{
 
 /// The lines of the golden file's `[canonical]` section (comments and blank lines left out).
 fn canonical_lines() -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../event-golden.txt");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../event-golden.txt");
     let text = fs::read_to_string(&path)
         .unwrap_or_else(|error| panic!("cannot read {}: {error}", path.display()));
     let mut section = "";
