@@ -245,7 +245,8 @@ CATALOGUE_JSON = """{
       "negative": true,
       "params": [["delay_ms", 100]],
       "threads": 2,
-      "verdict": {"expected_findings": ["lock_order"]},
+      "verdict": {"expected_findings": ["lock_order"],
+                  "under_verifier": {"verifier": ["lock_hierarchy_violation"], "stop_codes": [], "why": "Driver Verifier's deadlock detection reports the inversion as bug check 0xC4 with parameter 1 0x1001, a lock hierarchy violation (Microsoft Learn, Bug Check 0xC4)"}},
       "stream": [
         {"ev": "call", "t": 0, "op": "new", "m": "a", "k": "kmutex", "irql": 0, "r": "Ok"},
         {"ev": "mutex", "m": "a", "k": "kmutex"},
@@ -274,7 +275,8 @@ CATALOGUE_JSON = """{
       "negative": true,
       "params": [["timeout_ms", 10]],
       "threads": 1,
-      "verdict": {"expected_crash": {"stop_codes": [10, 209, 184], "why": "wdk-mutex-api.md, IRQL facts: a dispatcher wait at DISPATCH_LEVEL is IRQL_NOT_LESS_OR_EQUAL (0xA) or ATTEMPTED_SWITCH_FROM_DPC (0xB8) and relatives; 0xD1 is the driver-attributed form of 0xA"}},
+      "verdict": {"expected_crash": {"stop_codes": [10, 209, 184], "why": "wdk-mutex-api.md, IRQL facts: a dispatcher wait at DISPATCH_LEVEL is IRQL_NOT_LESS_OR_EQUAL (0xA) or ATTEMPTED_SWITCH_FROM_DPC (0xB8) and relatives; 0xD1 is the driver-attributed form of 0xA"},
+                  "under_verifier": {"verifier": ["irql_checking"], "stop_codes": [10, 209, 184], "why": "Driver Verifier's IRQL checking reports a wait at DISPATCH_LEVEL as bug check 0xC4 with parameter 1 0x120-0x122 (Microsoft Learn, Bug Check 0xC4), or the wait stops the system as without Verifier"}},
       "stream": [
         {"ev": "call", "t": 0, "op": "wait", "irql": 2, "r": "Ok"}
       ]

@@ -149,14 +149,15 @@ DEFAULT_EXPECTED_FINDINGS: dict[str, tuple[str, ...] | None] = {
     if "expected_findings" in spec.verdict
 }
 VERIFIER_EXPECTED_CRASHES: dict[str, ExpectedCrash] = {
-    # Under Driver Verifier the negative controls are caught by it as well (wdk-mutex suite, tests/mutex):
-    # the inversion by deadlock detection (0xC4/0x1001, "a lock hierarchy violation"), the wait at
-    # DISPATCH_LEVEL by IRQL checking (0xC4/0x120-0x122) or, as without Verifier, as 0xA/0xD1/0xB8.
-    "neg_lock_inversion": ExpectedCrash(verifier=frozenset({"lock_hierarchy_violation"}), linux_panic=False),
-    "neg_wait_at_dispatch": ExpectedCrash(
-        stop_codes=frozenset({0xA, 0xD1, 0xB8}), verifier=frozenset({"irql_checking"}), linux_panic=False
-    ),
+    spec.name: ExpectedCrash(
+        stop_codes=frozenset(spec.verdict["under_verifier"]["stop_codes"]),
+        verifier=frozenset(spec.verdict["under_verifier"]["verifier"]),
+        linux_panic=False,
+    )
+    for spec in CATALOGUE.scenarios
+    if "under_verifier" in spec.verdict
 }
+"""What the negative controls expect under Driver Verifier (the catalogue's ``under_verifier``, with why)."""
 
 
 class VerdictConfig(_Model):
