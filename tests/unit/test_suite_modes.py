@@ -22,7 +22,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
 
 @pytest.mark.parametrize("mode", ["protocol", "text", "smoke"])
 def test_each_mode_has_an_example_that_loads(mode: str) -> None:
-    config = load_config(EXAMPLES / f"mode-{mode}.yaml")
+    config = load_config(EXAMPLES / f"linux-{mode}.yaml")
     assert config.suite.mode == mode
     if mode == "text":
         assert config.verdict.text is not None and config.verdict.text.suite == "wdk-mutex-test"
