@@ -12,6 +12,10 @@ value is EINVAL with ``<module>: `<value>' invalid for parameter `<name>'`` in t
 loaded is EEXIST. An init function may return ENOENT or EINVAL too: the kernel log tells them apart.
 (An unknown parameter name does not fail ``insmod``: the kernel logs ``unknown parameter '<name>'
 ignored``, which :meth:`LinuxDriverLifecycle.load` turns into an error of its own.)
+
+busybox ``insmod`` (the self-test guest's) retries a failed ``finit_module`` with ``init_module``, so a
+module whose init fails runs it twice and prints its results twice (seen in the guest's kernel log);
+the text verdict takes a repeated line as the same result again.
 """
 
 from __future__ import annotations

@@ -15,17 +15,19 @@ prints them:
 * ``rcu-stall``: ``rcu: INFO: rcu_sched self-detected stall on CPU`` / ``... detected stalls on CPUs/tasks``.
 
 Each report keeps its first line and the lines that follow it (up to the ``---[ end trace ... ]---``
-marker, or :data:`QUOTED_LINES` lines), so that a failure can quote it.
+marker, or :data:`QUOTED_LINES` lines), so that a failure can quote it. A ``WARN()`` prints its message
+before its ``WARNING:`` line, after ``------------[ cut here ]------------``: the report starts there.
 """
 
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 
 __all__ = ["QUOTED_LINES", "KernelReport", "KernelReportScanner"]
 
-QUOTED_LINES = 12
+QUOTED_LINES = 16
 """Lines quoted per report: its first line and those after it."""
 _MAX_REPORTS = 50
 
@@ -53,6 +55,8 @@ _KINDS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
 )
 _END = re.compile(r"---\[ end (?:trace|Kernel panic)")
+_CUT_HERE = re.compile(r"-+\[ cut here \]-+")
+_BEFORE = 4  # lines a report may begin before its headline (a WARN's message after "cut here")
 
 
 @dataclass
@@ -61,12 +65,9 @@ class KernelReport:
 
     kind: str
     lineno: int
+    headline: str
+    """The line that says what it is (``WARNING: CPU: ...``), without its timestamp."""
     lines: list[str] = field(default_factory=list)
-
-    @property
-    def headline(self) -> str:
-        """The report's first line, without its timestamp."""
-        return _TIMESTAMP.sub("", self.lines[0]) if self.lines else ""
 
     def describe(self) -> str:
         """One line for a report."""
@@ -81,14 +82,17 @@ class KernelReportScanner:
         self.dropped = 0
         """Reports found beyond the number kept."""
         self._open: KernelReport | None = None
+        self._recent: deque[tuple[int, str]] = deque(maxlen=_BEFORE)
 
     def feed(self, line: str, lineno: int) -> None:
         """Look at one line."""
         text = _TIMESTAMP.sub("", line.rstrip())
         kind = next((name for name, pattern in _KINDS if pattern.search(text)), None)
         if kind is not None and not self._inside_report(kind):
-            self._start(kind, line.rstrip(), lineno)
+            self._start(kind, text, line.rstrip(), lineno)
+            self._recent.clear()
             return
+        self._recent.append((lineno, line.rstrip()))
         report = self._open
         if report is None:
             return
@@ -100,11 +104,15 @@ class KernelReportScanner:
         """Whether a line of ``kind`` belongs to the report still open (an oops inside a KASAN report)."""
         return self._open is not None and kind == "oops" and self._open.kind in ("kasan", "oops", "warning")
 
-    def _start(self, kind: str, line: str, lineno: int) -> None:
+    def _start(self, kind: str, headline: str, line: str, lineno: int) -> None:
         if len(self.reports) >= _MAX_REPORTS:
             self.dropped += 1
             self._open = None
             return
-        report = KernelReport(kind, lineno, [line])
+        recent = list(self._recent)
+        cut = max((index for index, (_, seen) in enumerate(recent) if _CUT_HERE.search(seen)), default=None)
+        before = recent[cut:] if cut is not None else []
+        start = before[0][0] if before else lineno
+        report = KernelReport(kind, start, headline, [*(seen for _, seen in before), line])
         self.reports.append(report)
         self._open = report
