@@ -26,6 +26,7 @@ from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
 
 pytestmark = pytest.mark.e2e
+pytest_plugins = ["pytester"]
 
 MODULES = Path(__file__).parent / "modules"
 TEXT_VERDICT = r"""
@@ -219,3 +220,28 @@ def test_loader_refusals_are_not_the_entry_point_s(
     booted.call(drivers.remove, driver)
     init_error = load_error(booted, image, tmp_path, "vmtest_lifecycle", init_result=-22)
     assert isinstance(init_error, EntryPointFailed) and init_error.code == -22
+
+
+# --------------------------------------------------------------------------------------------------
+# The pytest plugin in text and smoke modes
+# --------------------------------------------------------------------------------------------------
+
+PLUGIN_TESTS = """
+def test_the_driver_s_own_verdict(run_driver, vmtest_vm):
+    assert vmtest_vm.mode == "text"
+    result = run_driver()
+    assert [(item.name, item.status) for item in result.verdict.scenarios] == [("wdk-mutex-test", "passed")]
+    again = run_driver()  # a second load of the same driver is judged on its own lines
+    assert again.passed and len(again.verdict.scenarios) == 1, again.report()
+"""
+
+
+def test_the_pytest_plugin_runs_a_text_driver(
+    pytester: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image: LinuxImage
+) -> None:
+    monkeypatch.setenv("VMTEST_CACHE", str(image.root.parent.parent))  # pytester's fresh HOME
+    config = TEXT_CONFIG + f"driver:\n  package: {MODULES / 'vmtest_text_pass'}\n"
+    pytester.makefile(".yaml", vmtest=config)
+    pytester.makepyfile(test_user=PLUGIN_TESTS)
+    result = pytester.runpytest_subprocess("--vmtest-artifacts", str(tmp_path / "runs"))
+    result.assert_outcomes(passed=1)
