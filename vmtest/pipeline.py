@@ -694,7 +694,8 @@ async def _exercise(
     if ("/" in program or "\\" in program) and not Path(program).is_absolute() and local.is_file():
         windows = guest.shell == "cmd"
         remote = str((PureWindowsPath if windows else PurePosixPath)(driver.guest_dir, local.name))
-        await session.call(guest.transport.put, local, remote, timeout=timeout, what="copying the exerciser")
+        copy = functools.partial(guest.transport.put, local, remote, timeout=timeout)
+        await session.call(copy, timeout=timeout + 5, what="copying the exerciser")
         if not windows:
             await session.call(
                 functools.partial(guest.transport.run, ["chmod", "755", remote], timeout=timeout),

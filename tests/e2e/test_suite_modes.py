@@ -113,7 +113,7 @@ def test_smoke_is_the_default_for_an_unknown_module_and_ends_after_the_quiet_per
 
 
 def test_smoke_fails_on_a_warning_and_quotes_it(tmp_path: Path, image: LinuxImage) -> None:
-    config = "suite:\n  mode: smoke\n  quiet_seconds: 3\n"
+    config = "suite:\n  mode: smoke\n  quiet_seconds: 3\n  exerciser: [./exercise.sh, hello]\n"
     result = vmtest_run(tmp_path, "--driver", str(MODULES / "vmtest_warns"), "-j", "2", config=config)
     assert result.returncode == 1, result.stderr + result.stdout
     summary = json.loads(result.stdout)
