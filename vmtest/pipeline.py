@@ -346,6 +346,8 @@ class EventCollector:
         self.problem_count = 0
         self.ended: set[str] = set()
         self.ended_by = ""
+        self.notes: list[str] = []
+        """Notes for the verdict (an entry point that failed as the configuration expected)."""
         self.finished = asyncio.get_running_loop().create_future()
         self._file: TextIO | None = open(events_file, "a", encoding="utf-8")  # noqa: SIM115
         self.write_error: OSError | None = None
@@ -506,6 +508,7 @@ async def _drive(
             session, guest, driver, parameters_for(config, outcome.requested), collector
         )
         outcome.ended_by = collector.ended_by
+        outcome.driver_run.notes += collector.notes
     else:
         outcome.driver_run = await run_driver(session, guest, driver, package, request.mode)
         outcome.hung = outcome.driver_run.hung
@@ -582,10 +585,12 @@ async def run_scenarios(
     """
     timeouts = session.config.timeouts
     count = len(collector.requested)
-    entry_failed = False
+    entry_failure = None
     try:
         with session.step("load", f"loading {driver.name} with {count} scenario(s)"):
-            entry_failed = await _load(session, guest, driver, parameters) is not None
+            entry_failure = await _load(session, guest, driver, parameters)
+        if entry_failure is not None:
+            collector.notes.append(_expected_failure_note(entry_failure))
         with session.step("capture", "waiting for every scenario to end"):
             await session.wait(collector.finished, timeouts.scenarios, "waiting for the scenarios to end")
     except DeadlineExceeded as hang:
@@ -593,7 +598,7 @@ async def run_scenarios(
         await session.screenshot("hang")
         return True
     await session.screenshot("end")
-    if not entry_failed:
+    if entry_failure is None:
         with session.step("unload", f"unloading {driver.name}"):
             await session.call(
                 guest.drivers.unload, driver, timeout=timeouts.command, what="unloading the driver"
@@ -623,10 +628,7 @@ async def run_driver(
                 result.entry_failure = await _load(session, guest, driver, dict(config.driver.parameters))
             watch.loaded()
             if result.entry_failure is not None:
-                result.notes.append(
-                    f"the entry point failed, as driver.expect_entry_failure says it would: "
-                    f"{result.entry_failure}; nothing to unload"
-                )
+                result.notes.append(_expected_failure_note(result.entry_failure))
             elif config.driver.expect_entry_failure:
                 result.notes.append("driver.expect_entry_failure is set, but the entry point succeeded")
             if mode == "smoke" and config.suite.exerciser and result.entry_failure is None:
@@ -664,6 +666,11 @@ _ENDED_BY = {
     "tests-ended": "every test that started has ended",
     "quiet": "the kernel printed nothing new for the quiet period",
 }
+
+
+def _expected_failure_note(failure: EntryPointFailed) -> str:
+    expected = "the entry point failed, as driver.expect_entry_failure says it would"
+    return f"{expected}: {failure}; nothing to unload"
 
 
 async def _load(

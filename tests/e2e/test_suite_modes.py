@@ -139,7 +139,7 @@ def test_an_entry_point_that_fails_by_design_is_judged_from_its_output(
     assert "unload" not in summary["phases"] and summary["phases"]["load"] == "passed"
     (note,) = summary["notes"]
     assert "the entry point failed, as driver.expect_entry_failure says it would" in note
-    assert "init function returned an error (No such device): -19 ENODEV" in note
+    assert "init function returned an error (No such device): init returned -ENODEV (-19)" in note
 
 
 def test_an_entry_point_failure_not_expected_is_a_load_error(tmp_path: Path, image: LinuxImage) -> None:

@@ -246,9 +246,9 @@ class LinuxDriverLifecycle(DriverLifecycle):
             failed = _init_failure(result, kernel_log)
             if failed is not None:
                 reason, number = failed
+                returned = f"init returned -{errno.errorcode.get(number, number)} (-{number})"
                 raise EntryPointFailed(
-                    f"loading {driver.name} failed: {_INIT_FAILED} ({reason}): "
-                    f"-{number} {errno.errorcode.get(number, '')}".rstrip(),
+                    f"loading {driver.name} failed: {_INIT_FAILED} ({reason}): {returned}",
                     code=-number,
                     output=result.text().strip() + kernel_log,
                 )
