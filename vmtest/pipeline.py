@@ -298,10 +298,14 @@ def resolve_mode(config: VmtestConfig, driver: Path | None = None) -> SuiteMode:
 
 
 def _speaks_protocol(package: Path) -> bool:
-    if package.is_dir() and (package / "Kbuild").is_file():
-        sources = sorted(package.glob("*.c"))
-        return any(_PROTOCOL_PARAMETER.search(source.read_text(errors="replace")) for source in sources)
-    modules = sorted(package.glob("*.ko")) if package.is_dir() else [package]
+    """Whether ``package`` declares a ``scenarios`` parameter; False when unreadable (deploy says why)."""
+    try:
+        if package.is_dir() and (package / "Kbuild").is_file():
+            sources = sorted(package.glob("*.c"))
+            return any(_PROTOCOL_PARAMETER.search(source.read_text(errors="replace")) for source in sources)
+        modules = sorted(package.glob("*.ko")) if package.is_dir() else [package]
+    except (OSError, ValueError):
+        return False
     return any("scenarios" in module_parameters(module) for module in modules)
 
 

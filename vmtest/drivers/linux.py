@@ -112,7 +112,7 @@ def module_parameters(ko: Path) -> frozenset[str]:
     """
     try:
         data = ko.read_bytes()
-    except OSError:
+    except (OSError, ValueError):
         return frozenset()
     section = _elf_section(data, ".modinfo")
     if section is None:
