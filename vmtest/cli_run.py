@@ -79,7 +79,9 @@ def run_command(
         else:
             print(f"vmtest: nothing ran ({result.mode} mode)", file=sys.stderr)
         if result.message:
-            print(f"vmtest: {printable_lines(result.message)}", file=sys.stderr)
+            # A driver's own lines can pass while its run failed (it did not load): say which one counts.
+            overruled = f"run {result.status.upper()}: " if verdict.passed and verdict.scenarios else ""
+            print(f"vmtest: {overruled}{printable_lines(result.message)}", file=sys.stderr)
         html = result.reports.get("html", result.run_dir / "report.html")
         print(f"vmtest: report: {html}", file=sys.stderr)
     return result.exit_code

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import vmtest
 from vmtest.capture.source import CapturedLine
 from vmtest.config import VmtestConfig, load_config
 from vmtest.drivers.linux import _init_failure, module_parameters
@@ -177,3 +178,20 @@ def test_an_init_failure_is_told_from_the_loader_s_refusals(
 ) -> None:
     result = CommandResult("insmod", 1, b"", (INSMOD + reason + "\n").encode(), 0.1)
     assert _init_failure(result, kernel_log) == expected
+
+
+# --------------------------------------------------------------------------------------------------
+# vmtest.run() before any VM boots
+# --------------------------------------------------------------------------------------------------
+
+
+def test_run_with_an_empty_shard_returns_without_booting(tmp_path: Path) -> None:
+    result = vmtest.run(VmtestConfig(), driver=MODULES / "vmtest_quiet", shard="2/2", artifacts=tmp_path)
+    assert (result.mode, result.status, result.exit_code, result.run_dir) == ("smoke", "nothing", 0, None)
+    assert result.message == "shard 2/2 has nothing to run" and not list(tmp_path.iterdir())
+
+
+def test_run_refuses_protocol_scenarios_for_a_driver_of_another_mode(tmp_path: Path) -> None:
+    quiet = MODULES / "vmtest_quiet"
+    with pytest.raises(ConfigError, match="--scenario selects protocol scenarios; this driver runs in smoke"):
+        vmtest.run(VmtestConfig(), driver=quiet, scenarios=["kmutex_recursion"], artifacts=tmp_path)
