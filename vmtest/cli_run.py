@@ -75,7 +75,7 @@ def run_command(
         print(json.dumps(summary, indent=2))
     else:
         if verdict.events or verdict.scenarios or not result.message:
-            print(verdict.render(), file=sys.stderr)
+            print(verdict.render("scenarios" if result.mode == "protocol" else "tests"), file=sys.stderr)
         else:
             print(f"vmtest: nothing ran ({result.mode} mode)", file=sys.stderr)
         if result.message:
