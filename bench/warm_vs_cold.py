@@ -35,7 +35,7 @@ from pathlib import Path
 from vmtest.config.models import LinuxGuestConfig, MachineConfig, VmtestConfig
 from vmtest.drivers.kbuild import build_module
 from vmtest.drivers.lifecycle import DeployedDriver
-from vmtest.guest.connect import Guest
+from vmtest.guests import Guest
 from vmtest.images.linux import LinuxImage, build_linux_image, default_cache_root
 from vmtest.machine.accel import resolve_accelerator
 from vmtest.machine.process import find_qemu

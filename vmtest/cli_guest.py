@@ -15,8 +15,8 @@ from typing import TypeVar
 from vmtest.config import load_config
 from vmtest.config.models import VmtestConfig
 from vmtest.errors import ConfigError
-from vmtest.guest.connect import GuestAccess
 from vmtest.guest.transport import Transport
+from vmtest.guests import GuestAccess
 from vmtest.progress import make_progress
 from vmtest.session import VmSession
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from vmtest.config.models import VmtestConfig
-from vmtest.guest.connect import Guest
+from vmtest.guests import Guest
 from vmtest.progress import Progress
 from vmtest.session import VmSession
 

@@ -1,5 +1,7 @@
 """``vmtest run -j N``: the selected scenarios spread over N VMs at once, judged and reported as one run.
 
+A face of :func:`vmtest.pipeline.run` (protocol mode: text and smoke drivers load once, on one VM).
+
 Each VM is a whole pipeline (its own :class:`~vmtest.session.VmSession` and run directory) under one
 parent run directory; all of them run in one event loop, the thread that spawns QEMU (its parent-death
 signal is tied to it). Ports and sockets never collide: forwards are chosen over QMP with retries,
@@ -100,6 +102,7 @@ def merge_outcomes(run: ParallelRun) -> RunOutcome:
         tail += [f"vm{number}: {line}" for line in outcome.capture_tail[-_TAIL_PER_VM:]]
     return RunOutcome(
         run_dir=run.run_dir,
+        mode=outcomes[0].mode,
         requested=tuple(name for outcome in outcomes for name in outcome.requested),
         events=[event for outcome in outcomes for event in outcome.events],
         protocol_problems=[problem for outcome in outcomes for problem in outcome.protocol_problems],
@@ -112,4 +115,10 @@ def merge_outcomes(run: ParallelRun) -> RunOutcome:
         interrupted=any(outcome.interrupted for outcome in outcomes),
         hung=any(outcome.hung for outcome in outcomes),
         phase=failed.phase if failed is not None else outcomes[-1].phase,
+        phases={
+            f"vm{number}/{phase}": result
+            for number, outcome in enumerate(outcomes, 1)
+            for phase, result in outcome.phases.items()
+        },
+        ended_by=", ".join(dict.fromkeys(outcome.ended_by for outcome in outcomes if outcome.ended_by)),
     )

@@ -1,8 +1,9 @@
 """vmtest as a pytest plugin: one VM per session (per xdist worker), the driver deployed once.
 
 Fixtures: ``vmtest_config``, ``vmtest_vm`` (a booted, logged-in :class:`ScenarioRunner`), ``vmtest_guest``,
-``vmtest_clean_guest`` (the guest returned to its snapshot first), ``vmtest_driver`` and
-``run_scenario(name, **params)``. Marker: ``@pytest.mark.vmtest_guest("linux")``
+``vmtest_clean_guest`` (the guest returned to its snapshot first), ``vmtest_driver``,
+``run_scenario(name, **params)`` (protocol mode) and ``run_driver()`` (text and smoke modes: one load,
+judged as ``vmtest run`` judges it). Marker: ``@pytest.mark.vmtest_guest("linux")``
 runs a test only when the configured guest is of that kind. A failing test's report carries the tail
 of the kernel capture and the run directory; the artifacts also go into JUnit as properties.
 """
@@ -20,7 +21,7 @@ from vmtest.config.models import VmtestConfig
 from vmtest.config.verifier import VerifierConfig
 from vmtest.drivers.lifecycle import DeployedDriver
 from vmtest.errors import VmtestError
-from vmtest.guest.connect import Guest
+from vmtest.guests import Guest
 from vmtest.runner import ScenarioResult, ScenarioRunner
 
 __all__ = ["ScenarioResult"]
@@ -131,6 +132,12 @@ def run_scenario(request: pytest.FixtureRequest) -> Callable[..., ScenarioResult
         return runner.run((name,), params)
 
     return run
+
+
+@pytest.fixture
+def run_driver(vmtest_vm: ScenarioRunner, vmtest_driver: DeployedDriver) -> Callable[[], ScenarioResult]:
+    """``run_driver()``: text and smoke modes: load the driver once, wait for its output, unload, judge it."""
+    return vmtest_vm.run_driver
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,9 +1,11 @@
 """Scenarios on a VM that stays up: boot once, deploy the driver once, then load/judge/unload per batch.
 
 The synchronous face of the pipeline, for the pytest plugin: one :class:`ScenarioRunner` per session
-(per xdist worker). Each :meth:`ScenarioRunner.run` captures only its own batch's lines and judges
-them, so a failure in one test never leaks into the next; :meth:`ScenarioRunner.reset` returns the
-whole guest to a RAM snapshot taken once it was up (and again once the driver was copied in).
+(per xdist worker). Each :meth:`ScenarioRunner.run` (protocol mode) or :meth:`ScenarioRunner.run_driver`
+(text and smoke modes) captures only its own batch's lines and judges them with the pipeline's
+:func:`~vmtest.pipeline.verdict_of`, so a failure in one test never leaks into the next;
+:meth:`ScenarioRunner.reset` returns the whole guest to a RAM snapshot taken once it was up (and again
+once the driver was copied in).
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ from pathlib import Path
 from vmtest.capture.source import CapturedLine
 from vmtest.config.models import VmtestConfig
 from vmtest.drivers.lifecycle import DeployedDriver
-from vmtest.errors import GuestCrashed
+from vmtest.errors import DriverError, GuestCrashed
 from vmtest.events.protocol import Event
 from vmtest.facade import BackgroundSession
-from vmtest.guest.connect import Guest
-from vmtest.pipeline import EventCollector, RunRequest, package_for, parameters_for, run_scenarios
+from vmtest.guests import Guest
+from vmtest.pipeline import (
+    EventCollector,
+    RunOutcome,
+    RunRequest,
+    package_for,
+    parameters_for,
+    resolve_mode,
+    run_driver,
+    run_scenarios,
+    switch_verifier_on,
+    verdict_of,
+)
 from vmtest.progress import PlainProgress
-from vmtest.verdict.analyze import judge_lines
 from vmtest.verdict.crashes import Crash, crash_from_qmp
 from vmtest.verdict.verdict import RunVerdict, ScenarioVerdict
 
@@ -60,10 +72,13 @@ class ScenarioRunner:
 
     def __init__(self, config: VmtestConfig, *, driver: Path | None = None) -> None:
         self.config = config
-        self.request = RunRequest(driver=driver)
+        self.mode = resolve_mode(config, driver)
+        """The suite mode: ``suite.mode``, or what the driver is (:func:`~vmtest.pipeline.resolve_mode`)."""
+        self.request = RunRequest(driver=driver, mode=self.mode)
         self.background = BackgroundSession(config, PlainProgress())
         self._guest: Guest | None = None
         self._driver: DeployedDriver | None = None
+        self._package: Path | None = None
         self._batch = itertools.count(1)
 
     @property
@@ -92,11 +107,17 @@ class ScenarioRunner:
         """Copy the driver into the guest (once), and snapshot that state for :meth:`reset`."""
         if self._driver is None:
             session = self.background.session
-            package = package_for(self.config, self.request, session)
+            self._package = package_for(self.config, self.request, session)
             timeout = self.config.timeouts.command
             self._driver = self.background.call(
-                self.guest.drivers.deploy, package, timeout=timeout, what="deploy"
+                self.guest.drivers.deploy, self._package, timeout=timeout, what="deploy"
             )
+            verifier = self.config.driver.verifier
+            if verifier is not None:  # on before the snapshot, so that reset() returns to it
+                self._guest = self.background.run(
+                    switch_verifier_on(session, self.guest, self._driver, verifier),
+                    self.config.timeouts.boot + timeout,
+                )
             self._checkpoint()
         return self._driver
 
@@ -106,7 +127,9 @@ class ScenarioRunner:
             self.background.run(session.checkpoint(), self.config.timeouts.boot + 30)
 
     def run(self, scenarios: Sequence[str], params: Mapping[str, str | int] | None = None) -> ScenarioResult:
-        """Load the driver for ``scenarios``, wait for them to end, unload it, and judge the batch."""
+        """Protocol mode: load the driver for ``scenarios``, wait for them to end, unload, judge the batch."""
+        if self.mode != "protocol":
+            raise RuntimeError(f"this driver runs in {self.mode} mode: call run_driver(), not run(scenarios)")
         driver = self.deploy()
         session = self.background.session
         number = next(self._batch)
@@ -134,8 +157,49 @@ class ScenarioRunner:
             return collector.events
 
         events = self.background.run(batch(), self.config.timeouts.scenarios * 2 + 120)
-        verdict = judge_lines(lines, self.config.judging, scenarios, qmp_crashes)
+        outcome = RunOutcome(self.run_dir, tuple(scenarios), "protocol")
+        verdict = verdict_of(self.config, outcome, lines, qmp_crashes)
         return ScenarioResult(tuple(events), verdict, self.run_dir, tuple(lines))
+
+    def run_driver(self) -> ScenarioResult:
+        """Text and smoke modes: load the driver once, wait for its output to end, unload it, and judge that.
+
+        A load the driver's configuration does not expect to fail is a failed verdict (smoke) or raises
+        its :class:`~vmtest.errors.DriverError` (text), as ``vmtest run`` reports it.
+        """
+        if self.mode == "protocol":
+            raise RuntimeError("this driver speaks the protocol: call run(scenarios)")
+        driver = self.deploy()
+        assert self._package is not None
+        package = self._package
+        session = self.background.session
+        lines: list[str] = []
+        qmp_crashes: list[Crash] = []
+        outcome = RunOutcome(self.run_dir, (driver.name,), self.mode)
+
+        def keep(line: CapturedLine) -> None:
+            lines.append(line.text)
+
+        async def load() -> None:
+            session.capture.on_line(keep)
+            try:
+                outcome.driver_run = await run_driver(session, self.guest, driver, package, self.mode)
+                outcome.ended_by = outcome.driver_run.ended_by
+            except GuestCrashed as crash:
+                data = getattr(crash.crash, "data", {})
+                shot = str(crash.screenshot or "")
+                qmp_crashes.append(crash_from_qmp(data if isinstance(data, dict) else {}, screenshot=shot))
+            except DriverError as error:
+                if self.mode != "smoke":
+                    raise
+                outcome.driver_error = error
+                outcome.phase = session.phase
+            finally:
+                session.capture.remove_line_listener(keep)
+
+        self.background.run(load(), self.config.timeouts.scenarios * 2 + 120)
+        verdict = verdict_of(self.config, outcome, lines, qmp_crashes)
+        return ScenarioResult((), verdict, self.run_dir, tuple(lines))
 
     def capture_tail(self, count: int) -> list[str]:
         """The last lines the guest printed."""

@@ -26,8 +26,8 @@ from vmtest.config.windows import Windows11GuestConfig
 from vmtest.drivers.verifier import guest_setup
 from vmtest.errors import DeadlineExceeded, GuestError, InfraError
 from vmtest.guest.banner import wait_for_ssh_banner
-from vmtest.guest.connect import Guest, GuestAccess, access_for, guest_for
 from vmtest.guest.ssh import SshTransport
+from vmtest.guests import Guest, GuestAccess, access_for, guest_for
 from vmtest.images.linux import default_cache_root
 from vmtest.machine.accel import resolve_accelerator
 from vmtest.machine.machine import Machine, ShutdownReport
@@ -77,6 +77,8 @@ class VmSession:
         self.capture = Capture(self.run_dir.path / "capture.log")
         self.sources: list[CaptureSource] = []
         self.phase = "prepare"
+        self.phases: dict[str, str] = {}
+        """Each phase entered so far, in order, and how it ended: ``passed``, ``failed`` or ``running``."""
         self.shutdown_report: ShutdownReport | None = None
         self.screenshots: list[Path] = []
         self.snapshot: str | None = None
@@ -90,12 +92,18 @@ class VmSession:
     def step(self, phase: str, description: str) -> Iterator[None]:
         """Run one phase: shown in the progress display, named in any error raised inside it."""
         self.phase = phase
+        self.phases[phase] = "running"
         with self.progress.phase(phase, description):
             try:
                 yield
             except InfraError as error:
+                self.phases[phase] = "failed"
                 error.located(phase=phase, artifacts=self.run_dir.path)
                 raise
+            except BaseException:
+                self.phases[phase] = "failed"
+                raise
+        self.phases[phase] = "passed"
 
     async def __aenter__(self) -> VmSession:
         _CURRENT_RUN.set(self.run_dir.path)

@@ -32,7 +32,6 @@ SECTION = "## Use vmtest in your driver repository"
 GIT_ADDRESS = "https://github.com/OWNER/vmtest"
 ROLES = ("install-from-tag", "install-from-wheel", "setup", "run", "report")
 MODES = ("protocol", "text", "smoke")
-NEEDS_MODES = pytest.mark.xfail(strict=False, reason="needs suite.mode from p15modes")
 
 
 @dataclass(frozen=True)
@@ -169,7 +168,7 @@ def _validate_command(readme: Readme) -> str:
     return line
 
 
-@pytest.mark.parametrize("mode", [pytest.param(mode, marks=NEEDS_MODES) for mode in MODES])
+@pytest.mark.parametrize("mode", MODES)
 def test_each_modes_configuration_is_valid(readme: Readme, workspace: Path, mode: str) -> None:
     folder = workspace / mode
     folder.mkdir()
@@ -197,12 +196,5 @@ def _run_and_read(readme: Readme, workspace: Path, folder: Path, config: str) ->
     assert '"status": "passed"' in report.stdout
 
 
-@NEEDS_MODES
 def test_the_protocol_configuration_runs_and_its_report_reads(readme: Readme, workspace: Path) -> None:
     _run_and_read(readme, workspace, workspace / "protocol-run", readme.configs["protocol"])
-
-
-def test_the_run_and_report_blocks_pass_with_the_default_mode(readme: Readme, workspace: Path) -> None:
-    """The protocol configuration without its ``mode`` line (protocol is the bundled driver's default)."""
-    config = "\n".join(line for line in readme.configs["protocol"].splitlines() if "mode:" not in line)
-    _run_and_read(readme, workspace, workspace / "default-run", config + "\n")

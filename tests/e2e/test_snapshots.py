@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import pytest
 
 from vmtest.config.models import LinuxGuestConfig, MachineConfig, VmtestConfig
-from vmtest.guest.connect import Guest
+from vmtest.guests import Guest
 from vmtest.images.linux import LinuxImage, build_linux_image, default_cache_root
 from vmtest.machine.accel import resolve_accelerator
 from vmtest.machine.process import find_qemu

@@ -21,7 +21,7 @@ from faultlib import FAULTS_MODULE_SOURCE, ROOT, Record, Row, Table
 from vmtest.config.models import LinuxGuestConfig, VmtestConfig
 from vmtest.drivers.kbuild import build_module
 from vmtest.facade import BackgroundSession
-from vmtest.guest.connect import Guest
+from vmtest.guests import Guest
 from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
 

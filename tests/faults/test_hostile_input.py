@@ -27,7 +27,8 @@ from faultlib import ROOT, Record, load_test_module, vmtest_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import vmtest.cli_run
+import vmtest.parallel
+import vmtest.pipeline
 from vmtest.capture.source import Capture
 from vmtest.cli import main
 from vmtest.drivers.lifecycle import DeployedDriver
@@ -61,14 +62,15 @@ def stubbed_pipeline() -> Iterator[None]:
     async def stub(*_args: object, **_kwargs: object) -> None:
         raise PipelineReached
 
-    saved = {name: getattr(vmtest.cli_run, name) for name in ("run_pipeline", "run_parallel")}
-    for name in saved:
-        setattr(vmtest.cli_run, name, stub)
+    places = ((vmtest.pipeline, "run_pipeline"), (vmtest.parallel, "run_parallel"))
+    saved = [(module, name, getattr(module, name)) for module, name in places]
+    for module, name, _ in saved:
+        setattr(module, name, stub)
     try:
         yield
     finally:
-        for name, original in saved.items():
-            setattr(vmtest.cli_run, name, original)
+        for module, name, original in saved:
+            setattr(module, name, original)
 
 
 def call_main(argv: list[str]) -> tuple[int | str, str]:

@@ -23,8 +23,8 @@ import pytest
 
 from vmtest.cli import main
 from vmtest.config.models import VmtestConfig
-from vmtest.guest.connect import Guest
 from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
+from vmtest.guests import Guest
 from vmtest.probe import AssumptionsFailed, ensure_probed
 from vmtest.probe import run as run_module
 from vmtest.probe.context import ProbeContext, ProbeSettings

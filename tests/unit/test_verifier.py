@@ -25,8 +25,8 @@ from vmtest.drivers.verifier import (
     verifier_confirmation,
 )
 from vmtest.errors import GuestError
-from vmtest.guest.connect import Guest
 from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
+from vmtest.guests import Guest
 from vmtest.pipeline import confirm_verifier, switch_verifier_on
 from vmtest.progress import PlainProgress
 from vmtest.verdict.analyze import judge_lines

@@ -34,11 +34,14 @@ __all__ = [
     "MachineConfig",
     "SshConfig",
     "SuiteConfig",
+    "SuiteMode",
     "Timeouts",
     "VmtestConfig",
 ]
 
 Accelerator = Literal["auto", "kvm", "tcg"]
+SuiteMode = Literal["protocol", "text", "smoke"]
+"""How a run is judged: vmtest's event protocol, the driver's own pass/fail lines, or a smoke test."""
 REDACTED = "<redacted>"
 
 
@@ -140,7 +143,15 @@ class DriverConfig(_Strict):
         "against the guest's headers; default: the wdk-mutex test driver for the guest kind",
     )
     parameters: dict[str, str | int] = Field(
-        default_factory=dict, description="extra driver parameters (registry values / module parameters)"
+        default_factory=dict,
+        description="driver parameters (registry values / module parameters): in protocol mode added to the "
+        "scenario parameters; in text and smoke modes the only ones passed",
+    )
+    expect_entry_failure: bool = Field(
+        False,
+        description="the entry point (DriverEntry, a module's init) fails by design after printing its "
+        "results: its failure is a note, not a load error, the verdict comes from the output, and there is "
+        "nothing to unload",
     )
     verifier: VerifierConfig | None = Field(
         None, description="run the driver under Windows Driver Verifier (Windows guests; off by default)"
@@ -148,11 +159,30 @@ class DriverConfig(_Strict):
 
 
 class SuiteConfig(_Strict):
-    """Which scenarios to run, and how hard."""
+    """What kind of test driver this is, and (protocol mode) which scenarios to run, and how hard."""
 
+    mode: SuiteMode | None = Field(
+        None,
+        description="protocol: vmtest's scenario events (the bundled drivers); text: the driver's own "
+        "pass/fail lines (verdict.text); smoke: load, run the exerciser, unload, and no kernel warning. "
+        "Default: protocol for a driver that speaks the protocol (a Linux module declaring a 'scenarios' "
+        "parameter, any Windows driver), otherwise text when verdict.text is set, otherwise smoke",
+    )
     scenarios: tuple[str, ...] = Field((), description="scenario names; empty: every non-negative one")
     threads: int = Field(3, ge=1, le=64)
     iterations: int = Field(200, ge=1, le=1_000_000)
+    quiet_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="text and smoke modes: the run ends once loading returned and the kernel printed "
+        "nothing new for this long (text mode ends sooner when the suite's outcome is known)",
+    )
+    exerciser: tuple[str, ...] = Field(
+        (),
+        description="smoke mode: a command run in the guest's copy of the driver package once it is loaded "
+        "(a relative program such as ./exerciser is copied in from the package folder); empty: none",
+    )
 
 
 class VmtestConfig(_Strict):
@@ -174,6 +204,17 @@ class VmtestConfig(_Strict):
             raise ValueError(
                 "driver.verifier: Driver Verifier runs only on a Windows guest (guest.kind: windows11)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _mode_has_what_it_needs(self) -> VmtestConfig:
+        if self.suite.mode == "text" and self.verdict.text is None:
+            raise ValueError(
+                "suite.mode text reads the driver's own pass/fail lines: describe them in verdict.text "
+                "(suite, test_start, passed, failed)"
+            )
+        if self.suite.exerciser and self.suite.mode not in (None, "smoke"):
+            raise ValueError(f"suite.exerciser is run in smoke mode only (suite.mode is {self.suite.mode})")
         return self
 
     @model_validator(mode="after")

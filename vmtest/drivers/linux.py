@@ -2,20 +2,36 @@
 
 Failures are reported with what the kernel said (``insmod``'s error and the tail of the kernel log)
 and what to do about it, the way a module author would want to read them.
+
+A failing ``insmod`` is the module's own init function (:class:`~vmtest.errors.EntryPointFailed`,
+with the negative errno it returned) unless the loader itself refused the module. The loader's refusals,
+as the guest's busybox ``insmod`` and the kernel print them: a bad file is ``invalid module format``
+(ENOEXEC); an unknown symbol is ENOENT, which busybox words ``unknown symbol in module, or unknown
+parameter``, with the kernel's ``<module>: Unknown symbol <name>`` in its log; a malformed parameter
+value is EINVAL with ``<module>: `<value>' invalid for parameter `<name>'`` in the log; a module already
+loaded is EEXIST. An init function may return ENOENT or EINVAL too: the kernel log tells them apart.
+(An unknown parameter name does not fail ``insmod``: the kernel logs ``unknown parameter '<name>'
+ignored``, which :meth:`LinuxDriverLifecycle.load` turns into an error of its own.)
+
+busybox ``insmod`` (the self-test guest's) retries a failed ``finit_module`` with ``init_module``, so a
+module whose init fails runs it twice and prints its results twice (seen in the guest's kernel log);
+the text verdict takes a repeated line as the same result again.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Literal
 
 from vmtest.drivers.lifecycle import DeployedDriver, DriverLifecycle, DriverParameters
-from vmtest.errors import DriverError
+from vmtest.errors import DriverError, EntryPointFailed
 from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
 
-__all__ = ["INSMOD_ERRORS", "RMMOD_ERRORS", "LinuxDriverLifecycle", "module_name"]
+__all__ = ["INSMOD_ERRORS", "RMMOD_ERRORS", "LinuxDriverLifecycle", "module_name", "module_parameters"]
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +66,29 @@ _INSMOD_REASON = re.compile(
 # ELF e_machine numbers and the `uname -m` names of the machines a module may be built for.
 _ELF_MACHINES = {3: "i386", 40: "arm", 62: "x86_64", 183: "aarch64", 243: "riscv64", 21: "ppc64", 22: "s390x"}
 _UNAME_TO_ELF = {"x86_64": 62, "i686": 3, "aarch64": 183, "riscv64": 243, "ppc64le": 21, "s390x": 22}
+# insmod failures that are always the loader's (busybox's wording first, then strerror's).
+_LOADER_REASONS = (
+    "invalid module format",
+    "file exists",
+    "operation not permitted",
+    "key was rejected",
+    "wrong symbol version",
+    "kernel does not support",
+    "no such file or directory",
+)
+# What the kernel logs when the loader (not the module's init) refused a module.
+_LOADER_LOG = re.compile(
+    r"Unknown symbol|invalid for parameter|disagrees about version|no symbol version|Unknown rela|"
+    r"Invalid ELF|module has bad|is already loaded|Lockdown: .*unsigned module",
+    re.I,
+)
+# busybox's own wordings of some errno values (modutils' moderror), then every strerror text.
+_ERRNO_OF_REASON = {
+    "unknown symbol in module, or unknown parameter": errno.ENOENT,
+    "invalid module format": errno.ENOEXEC,
+    "module has wrong symbol version": errno.ESRCH,
+    "kernel does not support requested operation": errno.ENOSYS,
+} | {os.strerror(number).lower(): number for number in sorted(errno.errorcode, reverse=True)}
 _UNKNOWN_PARAMETER = re.compile(r"(?P<module>\w+): unknown parameter '(?P<name>[^']*)' ignored")
 # Runs a step (insmod, rmmod) and reads the kernel log lines it caused in the same round trip: the
 # step's own output goes to stderr; stdout gets the new kernel log lines, the last 40 if the step
@@ -64,6 +103,59 @@ _STEP_SCRIPT = (
 def module_name(ko: Path | str) -> str:
     """The kernel's name for a module file: the file stem with dashes as underscores."""
     return Path(ko).name.removesuffix(".ko").replace("-", "_")
+
+
+def module_parameters(ko: Path) -> frozenset[str]:
+    """The parameters a module file declares (its ``.modinfo`` section's ``parmtype=NAME:TYPE`` strings).
+
+    Empty when the file is not a readable ELF object or has no such section.
+    """
+    try:
+        data = ko.read_bytes()
+    except (OSError, ValueError):
+        return frozenset()
+    section = _elf_section(data, ".modinfo")
+    if section is None:
+        return frozenset()
+    names = set()
+    for entry in section.split(b"\0"):
+        if entry.startswith(b"parmtype="):
+            names.add(entry[len(b"parmtype=") :].split(b":", 1)[0].decode(errors="replace"))
+    return frozenset(names)
+
+
+def _elf_section(data: bytes, wanted: str) -> bytes | None:
+    """The bytes of the ELF section named ``wanted``, or None (not an ELF file, or no such section)."""
+    if len(data) < 64 or data[:4] != b"\x7fELF" or data[4] not in (1, 2):
+        return None
+    wide = data[4] == 2
+    order: Literal["little", "big"] = "little" if data[5] == 1 else "big"
+
+    def number(offset: int, size: int) -> int:
+        return int.from_bytes(data[offset : offset + size], order)
+
+    shoff, entsize, count, names_index = (
+        (number(0x28, 8), number(0x3A, 2), number(0x3C, 2), number(0x3E, 2))
+        if wide
+        else (number(0x20, 4), number(0x2E, 2), number(0x30, 2), number(0x32, 2))
+    )
+    if shoff + entsize * count > len(data) or names_index >= count:
+        return None
+
+    def header(index: int) -> tuple[int, int, int]:  # name offset, file offset, size
+        base = shoff + index * entsize
+        if wide:
+            return number(base, 4), number(base + 0x18, 8), number(base + 0x20, 8)
+        return number(base, 4), number(base + 0x10, 4), number(base + 0x14, 4)
+
+    _, names_offset, names_size = header(names_index)
+    names = data[names_offset : names_offset + names_size]
+    for index in range(count):
+        name_at, offset, size = header(index)
+        name = names[name_at : names.find(b"\0", name_at)]
+        if name == wanted.encode():
+            return data[offset : offset + size]
+    return None
 
 
 def _find_module(package: Path) -> Path:
@@ -106,6 +198,19 @@ def _explain(result: CommandResult, table: dict[str, str], default: str) -> str:
     return f"{default} ({reason.strip()})" if reason else default
 
 
+def _init_failure(result: CommandResult, kernel_log: str) -> tuple[str, int] | None:
+    """``(reason, errno)`` when a failed ``insmod`` is the module's init returning ``-errno``, else None."""
+    match = _INSMOD_REASON.search(result.text())
+    if match is None:
+        return None
+    reason = (match.group("reason") or match.group("kmod")).strip()
+    lowered = reason.lower()
+    if any(needle in lowered for needle in _LOADER_REASONS) or _LOADER_LOG.search(kernel_log):
+        return None
+    number = _ERRNO_OF_REASON.get(lowered)
+    return (reason, number) if number is not None else None
+
+
 class LinuxDriverLifecycle(DriverLifecycle):
     """Loads kernel modules into a Linux guest over a transport with a POSIX shell."""
 
@@ -138,6 +243,15 @@ class LinuxDriverLifecycle(DriverLifecycle):
         arguments = [f"{key}={_parameter_value(key, value)}" for key, value in parameters.items()]
         result, kernel_log = self._step("insmod", driver.guest_binary, *arguments)
         if not result.ok:
+            failed = _init_failure(result, kernel_log)
+            if failed is not None:
+                reason, number = failed
+                returned = f"init returned -{errno.errorcode.get(number, number)} (-{number})"
+                raise EntryPointFailed(
+                    f"loading {driver.name} failed: {_INIT_FAILED} ({reason}): {returned}",
+                    code=-number,
+                    output=result.text().strip() + kernel_log,
+                )
             meaning = _explain(result, INSMOD_ERRORS, _INIT_FAILED)
             if "invalid module format" in result.text().lower():
                 meaning += self._format_detail(driver)

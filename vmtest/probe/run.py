@@ -22,8 +22,8 @@ from vmtest.capture.kd_source import KdSource
 from vmtest.config.models import LinuxGuestConfig, VmtestConfig
 from vmtest.config.windows import Windows11GuestConfig
 from vmtest.errors import EXIT_CONFIG, InfraError
-from vmtest.guest.connect import Guest
 from vmtest.guest.quoting import ShellKind
+from vmtest.guests import Guest
 from vmtest.images.linux import default_cache_root
 from vmtest.images.manifest import MANIFEST_NAME
 from vmtest.machine.profiles.linux import LinuxProfile

@@ -78,6 +78,7 @@ class TextVerdictReader:
         self._failed = re.compile(config.failed)
         self._tests: dict[str, TextResult] = {}
         self._open: list[str] = []
+        self._started = False
 
     def feed(self, line: str, lineno: int) -> None:
         """Look at one line."""
@@ -94,12 +95,27 @@ class TextVerdictReader:
             if started is not None and len(self._tests) < _MAX_TESTS:
                 name = self._name(started)
                 self._tests[name] = TextResult(name, "started", lineno, None, ((lineno, line),))
+                self._started = True
                 if name not in self._open:
                     self._open.append(name)
 
     def results(self) -> list[TextResult]:
         """Every test seen, in the order they first appeared."""
         return list(self._tests.values())
+
+    def settled(self) -> str | None:
+        """Whether the suite's outcome is known yet, and by what; None while it is not.
+
+        ``"suite-result"``: the suite's own passed or failed line (a pattern without ``name``) was seen,
+        or a failure inside the open suite failed it; ``"tests-ended"``: tests started and every one of
+        them has ended.
+        """
+        suite = self._tests.get(self.config.suite)
+        if suite is not None and suite.outcome != "started":
+            return "suite-result"
+        if self._started and not self._open:
+            return "tests-ended"
+        return None
 
     def _name(self, match: re.Match[str]) -> str:
         name = match.groupdict().get("name")

@@ -106,13 +106,12 @@ class RunVerdict:
         """The verdict as indented JSON."""
         return json.dumps(self.to_dict(), indent=2)
 
-    def render(self) -> str:
-        """A short human report."""
+    def render(self, noun: str = "scenarios") -> str:
+        """A short human report; ``noun`` names what was judged (scenarios, or a text driver's tests)."""
         counts = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in self.counts().items())
         head = "PASSED" if self.passed else "FAILED"
         out = [
-            f"vmtest verdict: {head} ({len(self.scenarios)} scenarios: {counts or 'none'}; "
-            f"{self.events} events)"
+            f"vmtest verdict: {head} ({len(self.scenarios)} {noun}: {counts or 'none'}; {self.events} events)"
         ]
         for item in self.scenarios:
             out.append(f"  {item.status.upper().replace('_', ' '):8} {item.name}")

@@ -1,7 +1,8 @@
-"""Choosing the transport and the driver lifecycle for the configured guest kind.
+"""Which transport and driver lifecycle the configured guest kind uses: the pipeline's one switch on it.
 
-This is the one place that knows which guest kind uses which implementations; the pipeline above it
-only sees a :class:`Guest`.
+It sits beside the pipeline (not in ``guest/``, whose modules are the transports themselves): this is
+the one place that knows which guest kind uses which implementations; the pipeline only sees a
+:class:`Guest`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from vmtest.config.models import LinuxGuestConfig, SshConfig, VmtestConfig
 from vmtest.config.windows import Windows11GuestConfig
@@ -36,6 +37,8 @@ class Guest:
 
     transport: Transport
     drivers: DriverLifecycle
+    shell: Literal["posix", "cmd"] = "posix"
+    """The guest's command shell, for commands the pipeline builds itself (the smoke exerciser)."""
 
     def close(self) -> None:
         """Drop the connection."""
@@ -59,7 +62,7 @@ def guest_for(config: VmtestConfig, profile: Profile, forwards: Mapping[str, int
     lifecycle = WindowsDriverLifecycle(
         transport, run_id, code_page=guest.oem_code_page, require_signature=guest.require_signature
     )
-    return Guest(transport, lifecycle)
+    return Guest(transport, lifecycle, shell="cmd")
 
 
 def _windows_ssh(guest: Windows11GuestConfig, profile: Profile) -> SshConfig:
