@@ -18,6 +18,7 @@ dev_packages=(
   samba                                  # a real smbd peer for the SMB file-copy tests
   chromium                               # renders the HTML report in a test
   xorriso ovmf swtpm                     # the Windows image builder's answer ISO and firmware, tested here
+  strace                                 # watches QEMU's network calls in the network-isolation fault test
 )
 
 packages=("${runtime_packages[@]}")

@@ -1,6 +1,7 @@
 """End to end with the real Linux self-test guest under real QEMU.
 
-Order matters only for the last test, which checks that nothing before it wrote the base image.
+The last test writes to the guest's disk itself, then checks the base image against its hash taken
+before any VM of the session booted (``base_image_hash`` in ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import pytest
 
 from vmtest.config.models import LinuxGuestConfig, VmtestConfig
 from vmtest.errors import GuestCrashed, InfraError, MachineExited
+from vmtest.facade import BackgroundSession
 from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
 from vmtest.session import VmSession
@@ -30,11 +32,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 @pytest.fixture(scope="module")
 def image() -> LinuxImage:
     return build_linux_image()
-
-
-@pytest.fixture(scope="module")
-def base_disk_hash(image: LinuxImage) -> str:
-    return sha256(image.disk)
 
 
 def sha256(path: Path) -> str:
@@ -57,9 +54,7 @@ def qemu_alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_boot_ready_screenshot_and_clean_shutdown(
-    tmp_path: Path, image: LinuxImage, base_disk_hash: str
-) -> None:
+def test_boot_ready_screenshot_and_clean_shutdown(tmp_path: Path, image: LinuxImage) -> None:
     async def scenario() -> tuple[VmSession, Path | None, int]:
         async with VmSession(config_for(tmp_path, image), PlainProgress()) as session:
             assert session.machine is not None
@@ -81,17 +76,14 @@ def test_boot_ready_screenshot_and_clean_shutdown(
     assert '"event": "SHUTDOWN"' in (run / "qmp-events.jsonl").read_text()
 
 
-def test_guest_panic_is_reported_as_a_crash_with_logs(
-    tmp_path: Path, image: LinuxImage, base_disk_hash: str
-) -> None:
+def test_guest_panic_is_reported_as_a_crash_with_logs(tmp_path: Path, image: LinuxImage) -> None:
     async def scenario() -> None:
         async with VmSession(config_for(tmp_path, image, append="vmtest.selftest=panic"), PlainProgress()):
             pass
 
-    started = time.monotonic()
+    # Seen as the crash it is (the panic event), not as the boot deadline running out.
     with pytest.raises(GuestCrashed) as caught:
         asyncio.run(scenario())
-    assert time.monotonic() - started < 120
     error = caught.value
     assert error.phase == "ready"
     assert error.crash is not None and getattr(error.crash, "name", "") == "GUEST_PANICKED"
@@ -103,17 +95,19 @@ def test_guest_panic_is_reported_as_a_crash_with_logs(
     assert "GUEST_PANICKED" in str(error) and str(error.artifacts) in str(error)
 
 
-def test_qemu_killed_from_outside_is_a_clear_error_within_seconds(tmp_path: Path, image: LinuxImage) -> None:
-    killed_at: list[float] = []
+def test_qemu_killed_from_outside_is_a_clear_error_naming_the_signal(
+    tmp_path: Path, image: LinuxImage
+) -> None:
+    killed: list[int] = []
 
     async def scenario() -> None:
         session = VmSession(config_for(tmp_path, image), PlainProgress())
 
         async def kill_when_booting() -> None:
-            while session.machine is None or session.machine.process is None:
+            # Strike once the kernel runs (its banner on the serial console): in the ready phase.
+            while session.machine is None or session.machine.process is None or not kernel_started(session):
                 await asyncio.sleep(0.05)
-            await asyncio.sleep(1.0)
-            killed_at.append(time.monotonic())
+            killed.append(session.machine.process.pid)
             os.kill(session.machine.process.pid, signal.SIGKILL)
 
         killer = asyncio.create_task(kill_when_booting())
@@ -123,11 +117,19 @@ def test_qemu_killed_from_outside_is_a_clear_error_within_seconds(tmp_path: Path
         finally:
             killer.cancel()
 
+    # QEMU's death itself is the error (not the boot deadline running out, nor a failed QMP command).
     with pytest.raises(MachineExited) as caught:
         asyncio.run(scenario())
-    assert killed_at and time.monotonic() - killed_at[0] < 10
+    assert killed
     assert "killed by SIGKILL" in str(caught.value)
+    assert caught.value.phase == "ready"
     assert caught.value.artifacts is not None and (caught.value.artifacts / "qemu.log").exists()
+
+
+def kernel_started(session: VmSession) -> bool:
+    """Whether the guest kernel printed its banner on the serial console yet."""
+    serial = session.run_dir.path / "serial-console.log"
+    return serial.is_file() and b"Linux version" in serial.read_bytes()
 
 
 def test_qemu_does_not_outlive_vmtest_killed_with_sigkill(tmp_path: Path, image: LinuxImage) -> None:
@@ -180,5 +182,21 @@ def test_infra_errors_name_the_phase_and_the_logs(tmp_path: Path, image: LinuxIm
     assert "vmtest image build linux" in str(caught.value)
 
 
-def test_base_image_is_never_written(image: LinuxImage, base_disk_hash: str) -> None:
-    assert sha256(image.disk) == base_disk_hash
+def test_base_image_is_never_written(tmp_path: Path, image: LinuxImage, base_image_hash: str | None) -> None:
+    # The hash was taken before the session's first test: every VM booted since (this module's, and
+    # this test's own, whose guest writes its disk) must have left the base image as it was.
+    assert base_image_hash is not None, "the session fixture did not hash the base image"
+    booted = BackgroundSession(config_for(tmp_path, image), PlainProgress(), label="base-image")
+    try:
+        guest = booted.start()
+        assert guest is not None
+        script = (
+            "echo written-by-the-guest > /mnt/disk/vmtest-write-check && sync"
+            " && dd if=/dev/urandom of=/dev/vda bs=4096 seek=64 count=16 conv=fsync 2>&1"
+            " && cat /mnt/disk/vmtest-write-check"
+        )
+        result = booted.call(lambda: guest.transport.run(["sh", "-c", script], timeout=60), timeout=90)
+    finally:
+        booted.close()
+    assert result.exit_code == 0 and b"written-by-the-guest" in result.stdout, result.text()
+    assert sha256(image.disk) == base_image_hash

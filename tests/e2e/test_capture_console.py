@@ -21,13 +21,18 @@ def test_kernel_log_from_the_first_line_to_a_message_written_after_login(tmp_pat
 
     async def scenario() -> VmSession:
         async with VmSession(config, PlainProgress()) as session:
+            last_probe = asyncio.Event()
+            session.capture.on_line(
+                lambda line: last_probe.set() if "vmtest capture probe 2" in line.text else None
+            )
             guest = await session.connect()
             for number in range(3):
                 argv = ["sh", "-c", f"echo 'vmtest capture probe {number}' > /dev/kmsg"]
                 await session.call(
                     lambda argv=argv: guest.transport.run(argv, timeout=30), timeout=60, what="kmsg"
                 )
-            await asyncio.sleep(1.0)
+            # The last probe line reached the capture (the console reader follows its file).
+            await session.wait(last_probe.wait(), 30, "the last probe line in the capture")
         return session
 
     session = asyncio.run(scenario())

@@ -1,9 +1,15 @@
 """Fixtures of the fault-injection suite, and the table of what was tried: ``docs/RELIABILITY.md``.
 
 Every test records the faults it injects with the ``record`` fixture: a name, the input, the expected
-outcome and (filled in as soon as it is known, before the assertions) the observed one. At the end of a
-session that ran the whole suite (every test file, nothing deselected, every test reported), the table
-is written to ``docs/RELIABILITY.md``; a partial run leaves the file alone.
+outcome and (filled in as soon as it is known, before the assertions) the observed one.
+
+The table is written to ``docs/RELIABILITY.md`` only when asked, and only from a run of the whole suite
+(every test file, nothing deselected, every test reported)::
+
+    .venv/bin/pytest tests/faults --vmtest-write-reliability
+
+Any other run, of this suite or of others, leaves the file alone; a partial run with the option says
+why it did not write it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from vmtest.progress import PlainProgress
 
 FAULTS_DIR = Path(__file__).resolve().parent
 TABLE = ROOT / "docs" / "RELIABILITY.md"
+WRITE_RELIABILITY = "--vmtest-write-reliability"  # the option, added by tests/conftest.py
 PADDING = 24 << 20  # bytes added to the module for the deploy-phase faults: a copy of a few seconds
 
 
@@ -78,14 +85,23 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Write the table when the whole suite ran."""
+    """Write the table when asked (``--vmtest-write-reliability``) and the whole suite ran."""
     table = session.config.stash.get(_TABLE_KEY, None)
-    if table is None or not table.rows:
+    if not session.config.getoption(WRITE_RELIABILITY) or table is None or not table.rows:
         return
     for row in table.rows:
         row.result = row.result or "NOT as expected: the test did not finish"
     if table.complete():
         TABLE.write_text(table.markdown(), encoding="utf-8")
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_line(
+            f"{TABLE.name} not written: {WRITE_RELIABILITY} needs a run of the whole fault suite"
+            " (every file of tests/faults, nothing deselected)",
+            yellow=True,
+        )
 
 
 @pytest.fixture(scope="session")

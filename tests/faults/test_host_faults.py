@@ -6,6 +6,7 @@ import json
 import re
 import socket
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -58,9 +59,57 @@ def test_taken_forward_port_is_replaced_by_another(
     assert forward is not None and int(forward.group(1)) == used and used not in taken
 
 
-@pytest.mark.parametrize("size", ["64k", "300k", "450k"])
-def test_full_run_directory_disk_is_a_clear_error_never_a_success(
-    size: str,
+def verdicts_status(verdicts: Path) -> str | None:
+    """The status in ``verdicts.json``; None without the file, ``cut`` if it is not whole JSON."""
+    if not verdicts.is_file():
+        return None
+    try:
+        return str(json.loads(verdicts.read_text())["status"])
+    except (ValueError, KeyError):
+        return "cut"
+
+
+@dataclass(frozen=True)
+class FullDisk:
+    """A run directory's disk that is full from one phase on, and what vmtest must say then."""
+
+    phase: str
+    size: str
+    fill: dict[str, str] | None  # faulty_vmtest's fill_disk fault: when the rest of the disk is taken
+    how: str
+    says: re.Pattern[str]
+
+
+FULL_DISKS = [
+    FullDisk(
+        "boot",
+        "64k",
+        None,
+        "--artifacts on a 64k tmpfs (the overlay's qcow2 header does not fit)",
+        re.compile(r"vmtest: boot: qemu-img create failed: .*No space left on device"),
+    ),
+    FullDisk(
+        "ready",
+        "16m",
+        {"at": "ready", "when": "start"},
+        "--artifacts on a 16m tmpfs, filled up as `ready:` begins (the guest's disk writes fail)",
+        re.compile(
+            r"\bready: QEMU paused the guest \(write error on its disk disk0: No space left on device"
+        ),
+    ),
+    FullDisk(
+        "report",
+        "16m",
+        {"at": "shutdown", "when": "end"},
+        "--artifacts on a 16m tmpfs, filled up once `shutdown:` is done, before the reports",
+        re.compile(r"^vmtest: report: cannot write the reports: No space left on device$", re.M),
+    ),
+]
+
+
+@pytest.mark.parametrize("disk", FULL_DISKS, ids=[disk.phase for disk in FULL_DISKS])
+def test_full_run_directory_disk_fails_in_its_phase_never_a_success(
+    disk: FullDisk,
     tmp_path: Path,
     image: LinuxImage,
     faults_ko: Path,
@@ -68,21 +117,22 @@ def test_full_run_directory_disk_is_a_clear_error_never_a_success(
     record: Record,
 ) -> None:
     row = record(
-        f"run directory's disk full ({size})",
-        f"--artifacts on a {size} tmpfs; a passing faults-module run needs about 600k",
-        "exit 3 with a message saying no space is left; no report claims success; no QEMU left",
+        f"run directory's disk full in {disk.phase}",
+        disk.how,
+        f"exit 3; the message names `{disk.phase}` and no space left; no report claims success; no QEMU left",
     )
-    disk = tmpfs(size)
+    mount = tmpfs(disk.size)
     config = tmp_path / "vmtest.yaml"
     config.write_text(f"guest:\n  image: {image.root}\ntimeouts:\n  boot: 60\n")
-    artifacts = disk / "runs"
+    artifacts = mount / "runs"
     args = ["run", str(config), "--driver", str(faults_ko), "--scenario", "fault_a,fault_b"]
-    with vmtest_run([*args, "--artifacts", str(artifacts)], artifacts=artifacts) as run:
+    faults = {"fill_disk": {"path": str(mount), **disk.fill}} if disk.fill else None
+    with vmtest_run([*args, "--artifacts", str(artifacts)], artifacts=artifacts, faults=faults) as run:
         finished = run.finish()
     run_dir = finished.run_dir
     assert run_dir is not None
     verdicts = run_dir / "verdicts.json"
-    status = json.loads(verdicts.read_text())["status"] if verdicts.is_file() else None
+    status = verdicts_status(verdicts)
     html = run_dir / "report.html"
     claims = [
         name
@@ -93,12 +143,15 @@ def test_full_run_directory_disk_is_a_clear_error_never_a_success(
         if re.search(r'"status": "passed"|<span class="passed">passed</span></h1>', text)
     ]
     left = leftovers(run_dir)
+    messages = "\n".join(line for line in finished.stderr.splitlines() if line.startswith("vmtest: "))
     row.observed = (
         f"exit {finished.returncode}; `{finished.last_message()}`; verdicts.json status: {status};"
         f" reports claiming success: {claims or 'none'}; processes left: {len(left)}"
     )
     assert finished.returncode == 3, finished.stderr
-    assert "No space left on device" in finished.last_message() or "disk" in finished.last_message()
+    assert disk.says.search(messages), messages
+    if disk.phase == "report":
+        assert "already failed" not in messages, "the run itself should have passed"
     assert "Traceback" not in finished.stderr
     assert status in (None, "infrastructure")
     assert not claims

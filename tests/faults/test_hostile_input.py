@@ -404,12 +404,18 @@ def test_endless_and_malformed_lines_keep_memory_bounded(tmp_path: Path, record:
     row = record(
         "endless lines, malformed protocol lines and binary junk on the serial console",
         "fed to the console reader, the capture and the event collector 64 KiB at a time: 64 MiB without a"
-        " newline, 2000 malformed 16 KB `VMTEST1` lines, binary bytes and escapes",
+        " newline, 2000 malformed 16 KB `VMTEST1` lines, binary bytes and escapes, a 1 MiB line in one read",
         "memory stays bounded (lines cut at 16 KiB, protocol problems capped); capture.log escaped text only",
     )
 
+    handed_out = [0]  # the longest line the console handed to its listeners, in characters
+
+    def measure(text: str) -> None:
+        handed_out[0] = max(handed_out[0], len(text))
+
     async def feed() -> tuple[int, int, int]:
         console = SerialConsole("console")
+        console.add_line_listener(measure)
         capture = Capture(tmp_path / "capture.log")
         collector = EventCollector(["fault_a"], tmp_path / "events.jsonl")
         capture.on_line(collector.take)
@@ -423,6 +429,7 @@ def test_endless_and_malformed_lines_keep_memory_bounded(tmp_path: Path, record:
                 console._take(malformed)
             for _ in range(64):
                 console._take(bytes(range(256)) * 256 + b"\x1b]0;title\x07\x1b[2J\r\n")
+            console._take(b"B" * (1 << 20) + b"\n")  # a whole 1 MiB line in one read
             _current, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
@@ -435,11 +442,14 @@ def test_endless_and_malformed_lines_keep_memory_bounded(tmp_path: Path, record:
     longest = max(len(line) for line in data.split(b"\n"))
     controls = sorted(set(CONTROL.findall(data.decode("utf-8", errors="replace"))))
     row.observed = (
-        f"peak Python memory {peak / 2**20:.1f} MiB for 96 MiB fed; longest capture.log line {longest} bytes;"
+        f"peak Python memory {peak / 2**20:.1f} MiB for 97 MiB fed; longest line handed out {handed_out[0]}"
+        f" characters, longest capture.log line {longest} bytes;"
         f" {problems} protocol problems counted, {kept} kept; control characters in capture.log:"
         f" {controls or 'none'}"
     )
     assert peak < 16 * 2**20
-    assert longest < 400 * 1024
+    assert handed_out[0] == 16 * 1024  # cut at 16 KiB (each byte decodes to at most one character)
+    # In capture.log a character is escaped to at most 4 bytes (\xNN), after a stamp and the source.
+    assert longest <= 4 * 16 * 1024 + 64
     assert problems == 2000 and kept <= 100
     assert not controls

@@ -8,6 +8,7 @@ line on stderr, then a short wait.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,7 +37,7 @@ from vmtest.images.linux import LinuxImage
 pytestmark = pytest.mark.e2e
 
 WINDOWS = {window.phase: window for window in PHASE_WINDOWS}
-INTERRUPT_DEADLINE = 30.0  # from the signal to vmtest's exit (a guest still booting ignores power-off)
+STOPPED_BY_VMTEST = re.compile(r"QEMU stopped by (guest power-off|QMP quit|SIGTERM|SIGKILL) \(exit status")
 
 
 def driver_for(window: PhaseWindow, faults_ko: Path, padded_ko: Path) -> Path:
@@ -101,7 +102,8 @@ def test_interrupted_run_tears_down_and_reports_interrupted(
     row = record(
         f"{signum.name} to vmtest in {phase}",
         f"`vmtest run`, faults module; {signum.name} to vmtest only, {window.describe()}",
-        "exit 130; QEMU shut down, none left; partial report with verdicts.json status interrupted",
+        "exit 130; QEMU shut down by vmtest (its log names the step), none left; partial report with"
+        " verdicts.json status interrupted during the phase",
     )
 
     def interrupt(run: VmtestRun, _qemu: int) -> None:
@@ -120,16 +122,18 @@ def test_interrupted_run_tears_down_and_reports_interrupted(
     verdicts = finished.verdicts()
     left = leftovers(run_dir, [struck.qemu_pid])
     reports = [name for name in ("report.html", "junit.xml", "verdicts.json") if (run_dir / name).is_file()]
+    stopped = STOPPED_BY_VMTEST.search((run_dir / "vmtest.log").read_text(errors="replace"))
     row.observed = (
         f"exit {finished.returncode} {struck.after_hit:.0f} s after the signal; status {verdicts['status']}"
-        f" (`{verdicts['message']}`); reports: {', '.join(reports)}; processes left: {len(left)}"
+        f" (`{verdicts['message']}`); QEMU stopped by {stopped.group(1) if stopped else 'nobody'};"
+        f" reports: {', '.join(reports)}; processes left: {len(left)}"
     )
     assert finished.returncode == 130, finished.stderr
     assert verdicts["status"] == "interrupted" and verdicts["phase"] == phase
     assert verdicts["message"] == f"interrupted during {phase}"
     assert len(reports) == 3
     assert "Traceback" not in finished.stderr and "never retrieved" not in finished.stderr
-    assert struck.after_hit < INTERRUPT_DEADLINE
+    assert stopped, "vmtest did not stop QEMU itself (vmtest.log names no shutdown step)"
     assert not left
 
 

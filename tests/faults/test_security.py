@@ -4,7 +4,6 @@ nothing of the host's and nothing outside."""
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
 import shutil
 import signal
@@ -113,6 +112,27 @@ def outcome(output: str) -> str:
     return f"exit {code} ({said[-1].strip() if said else 'no output'})"
 
 
+def wait_until_traced(pid: int, tracer: subprocess.Popen[bytes], timeout: float = 20.0) -> list[int]:
+    """Wait until ``tracer`` traces every thread of ``pid``; the threads it does not trace at the deadline.
+
+    A thread is traced when ``TracerPid`` in its ``/proc`` status names the tracer. Ends early, with the
+    threads left, if the tracer exits (it could not attach).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        untraced = []
+        for status in Path(f"/proc/{pid}/task").glob("*/status"):
+            with contextlib.suppress(OSError):
+                fields = dict(
+                    line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line
+                )
+                if fields.get("TracerPid", "").strip() != str(tracer.pid):
+                    untraced.append(int(status.parent.name))
+        if not untraced or tracer.poll() is not None or time.monotonic() >= deadline:
+            return untraced
+        time.sleep(0.05)
+
+
 def host_addresses() -> list[str]:
     """The host's own non-loopback IPv4 address, if it has a route anywhere (UDP connect sends nothing)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -152,29 +172,33 @@ def test_guest_cannot_reach_outside_and_nothing_leaves(shared_vm: SharedVm, reco
         "both fail in the guest; QEMU never addresses that host (restrict=on drops it inside QEMU)",
     )
     strace = shutil.which("strace")
+    assert strace is not None, (
+        "strace is not installed (./setup.sh --dev installs it): QEMU cannot be watched"
+    )
     trace = shared_vm.background.session.run_dir.path.parent / "qemu-strace.txt"
-    tracer = None
-    if strace is not None:
-        tracer = subprocess.Popen(
-            [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace),
-             "-p", str(shared_vm.qemu_pid)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(1.0)  # attached to every thread
+    tracer = subprocess.Popen(
+        [strace, "-f", "-qq", "-e", "trace=connect,sendto,sendmsg", "-o", str(trace),
+         "-p", str(shared_vm.qemu_pid)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
     try:
+        untraced = wait_until_traced(shared_vm.qemu_pid, tracer)
         _, nc_output = shared_vm.shell(f"nc -w 3 {PUBLIC_LOOKING} 80 </dev/null; echo exit=$?")
         _, ping_output = shared_vm.shell(f"ping -c 1 -W 2 {PUBLIC_LOOKING}; echo exit=$?")
     finally:
-        if tracer is not None:
-            tracer.send_signal(signal.SIGINT)
-            tracer.wait(10)
-    traced = trace.read_text() if trace.exists() else ""
-    seen = [line for line in traced.splitlines() if PUBLIC_LOOKING in line]
-    evidence = f"strace of QEMU: {len(traced.splitlines())} calls, {len(seen)} to {PUBLIC_LOOKING}"
-    if tracer is None:
-        evidence = "strace not installed: not checked"
-    row.observed = f"nc: {outcome(nc_output)}; ping: {outcome(ping_output)}; {evidence}"
+        tracer.send_signal(signal.SIGINT)
+        _, complaint = tracer.communicate(timeout=10)
+    traced = trace.read_text().splitlines() if trace.exists() else []
+    seen = [line for line in traced if PUBLIC_LOOKING in line]
+    # The commands went over SSH through QEMU's forward: QEMU sent their output with sendto(2). A trace
+    # without those calls watched nothing.
+    forwarded = [line for line in traced if "sendto(" in line]
+    row.observed = (
+        f"nc: {outcome(nc_output)}; ping: {outcome(ping_output)}; strace of QEMU: {len(traced)} calls"
+        f" ({len(forwarded)} sendto of the SSH forward), {len(seen)} to {PUBLIC_LOOKING}"
+    )
+    assert not untraced, f"strace did not attach to QEMU's threads {untraced}: {complaint.decode().strip()}"
+    assert forwarded, f"strace saw none of QEMU's calls for the SSH forward: {complaint.decode().strip()}"
     assert outcome(nc_output).startswith("exit 1")
     assert outcome(ping_output).startswith("exit 1")
     assert not seen
-    assert os.path.exists(trace) or tracer is None

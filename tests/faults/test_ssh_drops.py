@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import socket
 import struct
 import threading
@@ -189,29 +190,35 @@ def test_copy_cut_twice_is_a_clear_guest_unreachable(
 def test_command_cut_is_not_retried(shared_vm: SharedVm, record: Record) -> None:
     row = record(
         "SSH connection dropped mid-command",
-        "`sleep 20; touch /tmp/faults-ran` through a proxy that resets the connection 1 s in",
-        "GuestUnreachable at once naming the command; never run again (no reconnect)",
+        "a command that appends a line to a start file, sleeps 20 s and touches a marker, through a proxy"
+        " that resets the connection 1 s in",
+        "GuestUnreachable naming the command while the command still sleeps (its marker absent); started"
+        " once, never run again (one line in the start file; one connection)",
     )
+    token = secrets.token_hex(4)
+    started_file, marker = f"/tmp/faults-started-{token}", f"/tmp/faults-ran-{token}"
+    command = f"echo started >> {started_file}; sleep 20; touch {marker}"
     proxy = CuttingProxy(shared_vm.ssh_port)
     transport = transport_via(proxy.port, shared_vm)
     timer = threading.Timer(1.0, proxy.cut_now)
     try:
         transport.wait_ready(30)
-        started = time.monotonic()
         timer.start()
         with pytest.raises(GuestUnreachable) as caught:
-            transport.run(["sh", "-c", "sleep 20; touch /tmp/faults-ran"], timeout=60)
-        elapsed = time.monotonic() - started
+            transport.run(["sh", "-c", command], timeout=60)
     finally:
         timer.cancel()
         transport.close()
         proxy.close()
+    _, seen = shared_vm.shell(f"wc -l < {started_file}; ls {marker} 2>/dev/null || echo no-marker")
+    starts, marker_state = (seen.split() + ["?", "?"])[:2]
     row.observed = (
-        f"{type(caught.value).__name__} after {elapsed:.0f} s: `{caught.value}`; connections:"
-        f" {proxy.connections}"
+        f"{type(caught.value).__name__}: `{caught.value}`; starts: {starts}; marker:"
+        f" {'absent' if marker_state == 'no-marker' else 'created'}; connections: {proxy.connections}"
     )
     assert "dropped while running `sh -c" in str(caught.value)
-    assert elapsed < 15
+    assert marker_state == "no-marker", "the error waited for the command to end"
+    assert starts == "1", "the command ran again"
     assert proxy.connections == 1
 
 

@@ -84,6 +84,11 @@ class Sshd:
             commands.append(raw.decode(errors="replace").split("\0")[:-1])
         return commands
 
+    def connections(self) -> list[str]:
+        """The "Connection from" lines of the log: one per TCP connection sshd accepted (LogLevel VERBOSE)."""
+        text = self.log.read_text(errors="replace")
+        return [line for line in text.splitlines() if "Connection from " in line]
+
     def kill_sessions(self) -> None:
         """SIGKILL every process serving a connection (and the commands they run); keep listening."""
         kill_pids(descendants(self.process.pid))
@@ -157,9 +162,15 @@ def _wait_listening(sshd: Sshd) -> None:
             raise RuntimeError(f"sshd exited with {sshd.process.returncode}:\n{sshd.log.read_text()}")
         try:
             with socket.create_connection(("127.0.0.1", sshd.port), timeout=1):
-                return
+                pass
         except OSError:
             time.sleep(0.05)
+            continue
+        # sshd logs this probe's connection from the process it forks: wait for that line, so that a
+        # test counting connections (``Sshd.connections``) counts only its own.
+        while not sshd.connections() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return
     sshd.stop()
     raise RuntimeError(f"sshd did not listen on port {sshd.port}:\n{sshd.log.read_text()}")
 

@@ -37,11 +37,13 @@ def test_kd_prints_and_a_bugcheck_reach_the_capture_and_fail_the_running_scenari
             theirs.close()
 
     async def scenario() -> None:
+        bugcheck = asyncio.Event()
+        capture.on_event(lambda event: bugcheck.set() if event.kind == "bugcheck" else None)
         await source.start(capture)
         thread = threading.Thread(target=guest, name="kd-guest")
         thread.start()
         await asyncio.to_thread(thread.join, 30)
-        await asyncio.sleep(0.5)
+        await asyncio.wait_for(bugcheck.wait(), 30)  # the last thing the guest sent reached the capture
         await source.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 60))

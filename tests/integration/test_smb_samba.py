@@ -7,11 +7,14 @@ tests of its argument building at the end of this file, with pypsexec's network 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from pypsexec.client import Client
 from pypsexec.paexec import get_unique_id
 
 from vmtest.errors import AuthenticationFailed, CommandTimeout, GuestError, GuestUnreachable
+from vmtest.guest import smb as smb_module
 from vmtest.guest.smb import SmbPsexecTransport, guest_path_to_unc, psexec_command
 from vmtest.machine.ports import free_loopback_port
 
@@ -151,7 +155,7 @@ def samba(tmp_path: Path) -> Iterator[Samba]:
             # --no-process-group): a session of its own keeps pytest out of that group.
             process = subprocess.Popen(
                 [str(tools["smbd"]), "--foreground", "--no-process-group", "-s", str(config)]
-                + ["--debug-stdout", "-d", "1"],
+                + ["--debug-stdout", "-d", "1 auth_audit:3"],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -210,10 +214,11 @@ def test_a_missing_guest_file_is_a_guest_error_naming_it(samba: Samba, tmp_path:
 
 def test_wrong_password_is_authentication_failed_at_once(samba: Samba) -> None:
     wrong = f"not-{samba.password}"
-    started = time.monotonic()
     with transport_for(samba, password=wrong) as transport, pytest.raises(AuthenticationFailed) as caught:
         transport.wait_ready(START_TIMEOUT)
-    assert time.monotonic() - started < START_TIMEOUT / 2, "bad credentials must not be retried"
+    # smbd logs every authentication it refuses (auth_audit:3); bad credentials tried once make one line.
+    refusals = samba_log_lines(samba, "status [NT_STATUS_WRONG_PASSWORD]", at_least=1)
+    assert len(refusals) == 1, f"bad credentials must not be retried: {refusals}"
     assert samba.username in str(caught.value)
     assert wrong not in str(caught.value) and samba.password not in str(caught.value)
 
@@ -223,16 +228,56 @@ def test_closed_port_is_guest_unreachable_quickly(tmp_path: Path) -> None:
     source = tmp_path / "x.bin"
     source.write_bytes(b"x")
     with SmbPsexecTransport(LOOPBACK, "nobody", "secret-pw", run_id="closed", port=port) as transport:
-        started = time.monotonic()
         with pytest.raises(GuestUnreachable, match=str(port)) as caught:
             transport.wait_ready(0.5)
-        elapsed = time.monotonic() - started
-        assert 0.5 <= elapsed < 3, "retries a refusal until the deadline, and no longer"
-        assert "attempts" in str(caught.value) and "secret-pw" not in str(caught.value)
-        started = time.monotonic()
-        with pytest.raises(GuestUnreachable, match="cannot reach SMB"):
+        # Each refusal is followed by the retry pause: until the 0.5 s deadline that is at most
+        # 0.5 / pause + 1 attempts, and more than one (a refusal is retried).
+        attempts = int(re.search(r"within 0.5 s \((\d+) attempts\)", str(caught.value)).group(1))  # type: ignore[union-attr]
+        assert 1 < attempts <= 0.5 / smb_module._RETRY_PAUSE + 1, "retries a refusal until the deadline"
+        assert "secret-pw" not in str(caught.value)
+        # Outside wait_ready nothing is retried: a put tries one connection, to a listener that counts
+        # them and closes each at once.
+        with counting_listener(port) as accepted, pytest.raises(GuestUnreachable, match="cannot reach SMB"):
             transport.put(source, r"C:\Windows\x.bin", timeout=10)
-        assert time.monotonic() - started < 1
+        assert accepted == [1], "put retried the connection"
+
+
+@contextlib.contextmanager
+def counting_listener(port: int) -> Iterator[list[int]]:
+    """A listener on ``port`` that closes every connection at once; yields ``[connections accepted]``."""
+    accepted = [0]
+    server = socket.create_server((LOOPBACK, port))
+    server.settimeout(0.1)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = server.accept()
+            except TimeoutError:
+                continue
+            accepted[0] += 1
+            connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield accepted
+    finally:
+        stop.set()
+        thread.join(5)
+        server.close()
+
+
+def samba_log_lines(samba: Samba, text: str, *, at_least: int) -> list[str]:
+    """The lines of smbd's log containing ``text``, once there are ``at_least`` (or START_TIMEOUT passed)."""
+    log = samba.share.parent / "smbd.out"
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        found = [line for line in log.read_text(errors="replace").splitlines() if text in line]
+        if len(found) >= at_least or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.05)
 
 
 # ---------------------------------------------------- unit tests: guest paths, and PsExec's arguments

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from vmtest.config import VmtestConfig, load_config
 from vmtest.errors import ConfigError
@@ -72,22 +75,42 @@ def test_unset_environment_variable_is_named_once(tmp_path: Path, monkeypatch: p
     assert problems(path) == [f"{path}:2:9: timeouts.boot: environment variable VMTEST_TEST_UNSET is not set"]
 
 
+def every_model(model: BaseModel) -> Iterator[BaseModel]:
+    """``model`` and every configuration model inside it."""
+    yield model
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            yield from every_model(value)
+
+
 def test_secret_from_environment_is_loaded_and_never_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VMTEST_TEST_PASSWORD", CANARY)
     path = write(
         tmp_path,
-        "guest:\n  ssh:\n    password: ${VMTEST_TEST_PASSWORD}\n    user: u-${VMTEST_TEST_PASSWORD}\n",
+        "guest:\n  ssh:\n    password: ${VMTEST_TEST_PASSWORD}\n    user: u-${VMTEST_TEST_PASSWORD}\n"
+        "machine:\n  extra_args: ['-name', 'n-${VMTEST_TEST_PASSWORD}']\n"
+        "driver:\n  parameters:\n    token: ${VMTEST_TEST_PASSWORD}\n",
     )
     config = load_config(path)
     assert config.guest.ssh.password is not None
     assert config.guest.ssh.password.get_secret_value() == CANARY
-    assert CANARY not in repr(config) or "user" in repr(config)  # only the non-secret field shows it
+    assert config.guest.ssh.user == f"u-{CANARY}" and config.driver.parameters["token"] == CANARY
+    shown = {
+        f"{kind}({type(model).__name__})": text
+        for model in every_model(config)
+        for kind, text in (("repr", repr(model)), ("str", str(model)))
+    }
+    shown["redacted()"] = json.dumps(config.redacted())
+    assert [where for where, text in shown.items() if CANARY in text] == []
+    assert "user='<redacted>'" in repr(config.guest.ssh)
     redacted = config.redacted()
-    assert CANARY not in str(redacted)
     assert redacted["guest"]["ssh"]["password"] == "<redacted>"
     assert redacted["guest"]["ssh"]["user"] == "<redacted>"
+    assert redacted["machine"]["extra_args"] == ["-name", "<redacted>"]
+    assert redacted["driver"]["parameters"]["token"] == "<redacted>"
 
 
 def test_invalid_secret_value_is_not_echoed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

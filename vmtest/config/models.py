@@ -2,11 +2,12 @@
 
 Every model forbids unknown keys. Relative paths are resolved against the configuration file's
 directory. Values pulled from the environment with ``${NAME}`` are remembered so that the resolved
-configuration written to a run directory never contains them.
+configuration written to a run directory, and the repr and str of every model, never contain them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -60,6 +61,13 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Fields whose value came (wholly or in part) from the environment: shown as <redacted> by repr and str.
+    _hidden: frozenset[str] = PrivateAttr(default=frozenset())
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, REDACTED if name in self._hidden else value
 
 
 class MachineConfig(_Strict):
@@ -220,6 +228,8 @@ class VmtestConfig(_Strict):
     @model_validator(mode="after")
     def _remember_secrets(self, info: ValidationInfo) -> VmtestConfig:
         self._secret_paths = frozenset((info.context or {}).get("secret_paths", ()))
+        for path in self._secret_paths:
+            _hide(self, path)
         return self
 
     @property
@@ -234,6 +244,20 @@ class VmtestConfig(_Strict):
             _replace(data, path)
         _redact_secret_fields(self, data)
         return data
+
+
+def _hide(model: _Strict, path: tuple[str | int, ...]) -> None:
+    """Mark the field that holds ``path`` (the deepest one that is a model's field) as hidden from repr."""
+    node = model
+    for position, part in enumerate(path):
+        if not (isinstance(part, str) and part in type(node).model_fields):
+            return
+        child = getattr(node, part)
+        if isinstance(child, _Strict) and position < len(path) - 1:
+            node = child
+            continue
+        node._hidden = node._hidden | {part}
+        return
 
 
 def _replace(data: Any, path: tuple[str | int, ...]) -> None:

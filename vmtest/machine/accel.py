@@ -38,6 +38,7 @@ _LONG_MODE_PROBE = bytes.fromhex(
     "00000000ffff0000009acf00ffff00000092cf00ffff0000009aaf001f00907c"
 )
 _KERNEL_BANNER = b"Linux version"
+_KVM_DEVICE = "/dev/kvm"
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,10 @@ async def probe_kvm(
     qemu: str, cpu_model: str, timeout: float, *, kernel: Path | None = None, cache_dir: Path | None = None
 ) -> KvmProbe:
     """Run a probe guest under KVM; usable only if it shows it ran before ``timeout``."""
-    if not os.path.exists("/dev/kvm"):
-        return KvmProbe(False, "/dev/kvm does not exist (KVM module not loaded, or virtualisation off)")
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        return KvmProbe(False, "/dev/kvm is not readable and writable by this user (join the kvm group)")
+    if not os.path.exists(_KVM_DEVICE):
+        return KvmProbe(False, f"{_KVM_DEVICE} does not exist (KVM module not loaded, or virtualisation off)")
+    if not os.access(_KVM_DEVICE, os.R_OK | os.W_OK):
+        return KvmProbe(False, f"{_KVM_DEVICE} is not readable and writable by this user (join group kvm)")
     cache = _ProbeCache(cache_dir, qemu, cpu_model, kernel)
     cached = cache.load()
     if cached is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -118,7 +118,7 @@ class SerialConsole:
         if len(self._partial) > _MAX_LINE:
             complete.append(self._partial)
             self._partial = b""
-        for raw in complete:
+        for raw in _cut(complete):
             line = raw.rstrip(b"\r").decode(errors="replace")
             self._lines.append(line)
             for listener in self._line_listeners:
@@ -134,3 +134,10 @@ class SerialConsole:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+def _cut(lines: list[bytes]) -> Iterator[bytes]:
+    """``lines``, each longer than ``_MAX_LINE`` bytes cut into pieces of at most that many."""
+    for line in lines:
+        for start in range(0, max(len(line), 1), _MAX_LINE):
+            yield line[start : start + _MAX_LINE]
