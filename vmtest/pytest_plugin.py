@@ -73,13 +73,7 @@ def vmtest_config(pytestconfig: pytest.Config) -> VmtestConfig:
 @pytest.fixture(scope="session")
 def vmtest_vm(vmtest_config: VmtestConfig, pytestconfig: pytest.Config) -> Iterator[ScenarioRunner]:
     """One booted, logged-in VM for the session (one per xdist worker); always shut down at the end."""
-    runner = ScenarioRunner(vmtest_config, driver=pytestconfig.getoption("vmtest_driver"))
-    pytestconfig.stash[_RUNNERS_KEY].append(runner)
-    try:
-        runner.start()
-        yield runner
-    finally:
-        runner.close()
+    yield from _started_runner(vmtest_config, pytestconfig)
 
 
 @pytest.fixture(scope="session")
@@ -109,6 +103,11 @@ def vmtest_verifier_vm(vmtest_config: VmtestConfig, pytestconfig: pytest.Config)
     config = vmtest_config.model_copy(
         update={"driver": driver, "artifacts": Path(vmtest_config.artifacts) / "verifier"}
     )
+    yield from _started_runner(config, pytestconfig)
+
+
+def _started_runner(config: VmtestConfig, pytestconfig: pytest.Config) -> Iterator[ScenarioRunner]:
+    """A booted runner for ``config``, known to the failure-report hook, shut down at the end."""
     runner = ScenarioRunner(config, driver=pytestconfig.getoption("vmtest_driver"))
     pytestconfig.stash[_RUNNERS_KEY].append(runner)
     try:

@@ -13,17 +13,17 @@ import dataclasses
 import io
 import json
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TypeVar
 
 import pytest
+from scripted_windows import ScriptedWindows
 
 from vmtest.cli import main
 from vmtest.config.models import VmtestConfig
-from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
 from vmtest.guests import Guest
 from vmtest.probe import AssumptionsFailed, ensure_probed
 from vmtest.probe import run as run_module
@@ -45,7 +45,7 @@ def sample(name: str) -> bytes:
 
 
 @dataclass
-class ScriptedWindows(Transport):
+class ScriptedGuest(ScriptedWindows):
     """A Windows 11 guest as the samples describe it; ``german`` and ``job_kills`` pick the variant."""
 
     german: bool = False
@@ -53,32 +53,11 @@ class ScriptedWindows(Transport):
     kernel_debug: bool = False
     services: set[str] = field(default_factory=set)
     dbgview_alive: bool = True  # started by the capture; `start /b` under the session's job: gone
-    commands: list[str] = field(default_factory=list)
-
-    def wait_ready(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def put(
-        self, local: Path, remote: str, *, timeout: float, progress: ProgressCallback | None = None
-    ) -> None:
-        raise AssertionError("the probe copies nothing in")
-
-    def get(self, remote: str, local: Path, *, timeout: float) -> None:
-        raise AssertionError("the probe fetches nothing")
-
-    def run(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
-        command = " ".join(argv)
-        self.commands.append(command)
-        code, output = self._answer(list(argv), command)
-        return CommandResult(command, code, output, b"", 0.01)
 
     def _de(self, english: str, german: str) -> bytes:
         return sample(german if self.german else english)
 
-    def _answer(self, argv: list[str], command: str) -> tuple[int, bytes]:
+    def answer(self, argv: list[str]) -> tuple[int, bytes]:
         if argv[:2] == ["reg", "query"]:
             return self._registry(argv[2])
         if argv == ["ver"]:
@@ -111,7 +90,7 @@ class ScriptedWindows(Transport):
                     b"testsigning             Yes\r\ndebug                   Yes",
                 )
             return 0, text
-        raise AssertionError(f"the scripted guest does not know {command!r}")
+        raise AssertionError(f"the scripted guest does not know {' '.join(argv)!r}")
 
     def _registry(self, key: str) -> tuple[int, bytes]:
         if key.endswith(r"Nls\CodePage"):
@@ -144,7 +123,7 @@ class ScriptedWindows(Transport):
         raise AssertionError(verb)
 
 
-def probe(guest: ScriptedWindows, *, kd: bool = False) -> ProbeReport:
+def probe(guest: ScriptedGuest, *, kd: bool = False) -> ProbeReport:
     settings = ProbeSettings(
         kd=kd,
         debugview_program="" if kd else DBGVIEW,
@@ -160,7 +139,7 @@ def statuses(report: ProbeReport) -> dict[str, Status]:
 
 
 def test_a_guest_as_documented_matches_every_assumption() -> None:
-    guest = ScriptedWindows()
+    guest = ScriptedGuest()
     report = probe(guest)
     assert set(statuses(report).values()) == {Status.AS_EXPECTED}, report.summary()
     assert not report.blocking
@@ -172,7 +151,7 @@ def test_a_guest_as_documented_matches_every_assumption() -> None:
 
 
 def test_a_german_image_is_handled_through_exit_statuses_and_its_code_page() -> None:
-    report = probe(ScriptedWindows(german=True))
+    report = probe(ScriptedGuest(german=True))
     seen = statuses(report)
     assert seen["code-page"] is Status.HANDLED
     assert seen["ui-language"] is Status.HANDLED
@@ -189,7 +168,7 @@ def test_a_german_image_is_handled_through_exit_statuses_and_its_code_page() -> 
 
 
 def test_a_capture_killed_with_its_session_is_named_and_blocks_the_run() -> None:
-    report = probe(ScriptedWindows(job_kills=True))
+    report = probe(ScriptedGuest(job_kills=True))
     assert [item.check.id for item in report.blocking] == ["debugview-survives"]
     (item,) = report.blocking
     assert item.status is Status.DIFFERS
@@ -198,19 +177,19 @@ def test_a_capture_killed_with_its_session_is_named_and_blocks_the_run() -> None
 
 
 def test_with_kernel_debugging_debugview_is_not_probed() -> None:
-    report = probe(ScriptedWindows(job_kills=True, kernel_debug=True), kd=True)
+    report = probe(ScriptedGuest(job_kills=True, kernel_debug=True), kd=True)
     assert statuses(report)["debugview-survives"] is Status.NOT_RUN
     assert not report.blocking
 
 
 def test_kernel_debugging_off_in_the_image_blocks_a_kd_run() -> None:
-    report = probe(ScriptedWindows(), kd=True)
+    report = probe(ScriptedGuest(), kd=True)
     assert [item.check.id for item in report.blocking] == ["bcdedit"]
     assert "guest.kd: false" in report.blocking[0].advice
 
 
 def test_the_report_files_hold_every_raw_output(tmp_path: Path) -> None:
-    report = probe(ScriptedWindows(german=True, job_kills=True))
+    report = probe(ScriptedGuest(german=True, job_kills=True))
     json_path, markdown_path = report.write(tmp_path)
     data = json.loads(json_path.read_text())
     assert data["blocking"] == ["debugview-survives"]
@@ -226,7 +205,7 @@ def test_the_report_files_hold_every_raw_output(tmp_path: Path) -> None:
 class StandInSession:
     """What ensure_probed uses of a VmSession, for a Windows guest that cannot boot here."""
 
-    def __init__(self, tmp_path: Path, guest: ScriptedWindows, image: Path) -> None:
+    def __init__(self, tmp_path: Path, guest: ScriptedGuest, image: Path) -> None:
         self.config = VmtestConfig.model_validate(
             {
                 "guest": {
@@ -278,7 +257,7 @@ def test_a_run_stops_before_its_scenarios_when_the_guest_breaks_an_assumption(
     tmp_path: Path, image: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fast_watch(monkeypatch)
-    session = StandInSession(tmp_path, ScriptedWindows(job_kills=True), image)
+    session = StandInSession(tmp_path, ScriptedGuest(job_kills=True), image)
     with pytest.raises(AssumptionsFailed) as raised:
         asyncio.run(ensure_probed(session, session.guest))  # type: ignore[arg-type]
     assert raised.value.exit_code == 2
@@ -292,19 +271,19 @@ def test_a_run_stops_before_its_scenarios_when_the_guest_breaks_an_assumption(
 def test_an_image_is_probed_once(tmp_path: Path, image: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fast_watch(monkeypatch)
     first = (
-        StandInSession(tmp_path / "1", ScriptedWindows(), image) if (tmp_path / "1").mkdir() is None else None
+        StandInSession(tmp_path / "1", ScriptedGuest(), image) if (tmp_path / "1").mkdir() is None else None
     )
     assert first is not None
     report = asyncio.run(ensure_probed(first, first.guest))  # type: ignore[arg-type]
     assert report is not None and not report.blocking
     assert len(list((tmp_path / "cache").glob("probe/*.json"))) == 1
     (tmp_path / "2").mkdir()
-    again = ScriptedWindows()
+    again = ScriptedGuest()
     second = StandInSession(tmp_path / "2", again, image)
     assert asyncio.run(ensure_probed(second, second.guest)) is None  # type: ignore[arg-type]
     assert again.commands == [], "a probed image is not probed again"
     (image / "image.json").write_text('{"kind": "windows11", "built": "tomorrow"}')  # a new image
-    third_guest = ScriptedWindows()
+    third_guest = ScriptedGuest()
     (tmp_path / "3").mkdir()
     third = StandInSession(tmp_path / "3", third_guest, image)
     assert asyncio.run(ensure_probed(third, third.guest)) is not None  # type: ignore[arg-type]
@@ -322,7 +301,7 @@ def test_every_row_the_probe_names_is_in_the_behaviour_table() -> None:
 def test_the_seen_column_is_filled_from_a_report_only(tmp_path: Path) -> None:
     table_path = tmp_path / "WINDOWS.md"
     table_path.write_text((Path(__file__).resolve().parents[2] / "docs" / "WINDOWS.md").read_text())
-    report = probe(ScriptedWindows(german=True, job_kills=True))
+    report = probe(ScriptedGuest(german=True, job_kills=True))
     report_path = tmp_path / "probe.json"
     report_path.write_text(json.dumps(report.to_dict()))
     assert main(["probe", "--record", str(report_path), "--table", str(table_path)]) == 0

@@ -6,12 +6,13 @@ import asyncio
 import contextlib
 import io
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from pydantic import ValidationError
+from scripted_windows import ScriptedWindows
 
 from vmtest.config.models import VmtestConfig
 from vmtest.config.verifier import VerifierConfig
@@ -25,7 +26,6 @@ from vmtest.drivers.verifier import (
     verifier_confirmation,
 )
 from vmtest.errors import GuestError
-from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
 from vmtest.guests import Guest
 from vmtest.pipeline import confirm_verifier, switch_verifier_on
 from vmtest.progress import PlainProgress
@@ -173,43 +173,20 @@ def test_query_shows_the_level_in_effect_and_the_driver_loads() -> None:
 
 
 @dataclass
-class VerifierGuest(Transport):
+class VerifierGuest(ScriptedWindows):
     """A Windows guest's verifier command: registry settings that take effect at the next boot."""
 
     registry: str = "reg_memory_management_unset.txt"
-    commands: list[str] = field(default_factory=list)
 
-    def wait_ready(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def put(
-        self, local: Path, remote: str, *, timeout: float, progress: ProgressCallback | None = None
-    ) -> None:
-        raise AssertionError
-
-    def get(self, remote: str, local: Path, *, timeout: float) -> None:
-        raise AssertionError
-
-    def run(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
-        command = " ".join(argv)
-        self.commands.append(command)
-        code = 0
-        if list(argv) == REGISTRY_QUERY:
-            out = sample(self.registry)
-        elif command == "verifier /query":
-            out = sample("query_irql_deadlock.txt")
-        elif argv[:2] == ["verifier", "/flags"]:  # recorded for the next boot: exit 2, "reboot needed"
-            self.registry, out, code = (
-                "reg_memory_management_verifier.txt",
-                sample("flags_reboot_needed.txt"),
-                2,
-            )
-        else:
-            raise AssertionError(command)
-        return CommandResult(command, code, out.encode(), b"", 0.0)
+    def answer(self, argv: list[str]) -> tuple[int, bytes]:
+        if argv == REGISTRY_QUERY:
+            return 0, sample(self.registry).encode()
+        if argv == ["verifier", "/query"]:
+            return 0, sample("query_irql_deadlock.txt").encode()
+        if argv[:2] == ["verifier", "/flags"]:  # recorded for the next boot: exit 2, "reboot needed"
+            self.registry = "reg_memory_management_verifier.txt"
+            return 2, sample("flags_reboot_needed.txt").encode()
+        raise AssertionError(" ".join(argv))
 
 
 class StandInSession:
