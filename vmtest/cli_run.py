@@ -20,6 +20,7 @@ from vmtest.config.models import VmtestConfig
 from vmtest.errors import EXIT_INFRA, EXIT_TEST_FAILURE, ConfigError, InfraError
 from vmtest.events.scenarios import DEFAULT_SCENARIOS
 from vmtest.loop import run_main
+from vmtest.machine.confine import confinement_warnings
 from vmtest.parallel import merge_outcomes, merge_verdicts, run_parallel
 from vmtest.pipeline import RunOutcome, RunRequest, run_pipeline
 from vmtest.progress import make_progress
@@ -170,6 +171,7 @@ def _report(config: VmtestConfig, outcome: RunOutcome, verdict: RunVerdict, dura
         screenshots=outcome.screenshots,
         capture_tail=outcome.capture_tail,
         crashes=[c.to_dict() for c in verdict.crashes],
+        warnings=confinement_warnings(config.machine),
     )
 
 
@@ -208,6 +210,7 @@ def _write_report_files(
         "status": report.status,
         "message": report.message,
         "phase": outcome.phase,
+        **({"warnings": report.warnings} if report.warnings else {}),
         **verdict.to_dict(),
     }
     (run_dir / "verdicts.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

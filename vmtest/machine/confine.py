@@ -48,6 +48,7 @@ __all__ = [
     "RunAs",
     "bound_for_signal",
     "can_open",
+    "confinement_warnings",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,17 @@ def bound_for_signal(signum: int) -> str | None:
     if signum == signal.SIGXFSZ:
         return "the file-size bound (machine.limits.disk_mib, RLIMIT_FSIZE)"
     return None
+
+
+def confinement_warnings(machine: MachineConfig) -> list[str]:
+    """What the run's reports must say about confinement that ``machine`` turned off."""
+    found = []
+    if not machine.sandbox:
+        found.append(
+            "QEMU ran without its seccomp filter (machine.sandbox: false): a driver that escapes the "
+            "guest into QEMU may spawn processes on the host"
+        )
+    return found
 
 
 def can_open(path: Path, run_as: RunAs | None, *, write: bool = False) -> bool:
@@ -202,13 +214,7 @@ class Confinement:
 
     def warnings(self) -> list[str]:
         """What the reports must say about confinement that is missing."""
-        found = []
-        if not self.sandbox:
-            found.append(
-                "QEMU ran without its seccomp filter (machine.sandbox: false): a driver that escapes the "
-                "guest into QEMU may spawn processes on the host"
-            )
-        return found
+        return confinement_warnings(MachineConfig(sandbox=self.sandbox))
 
     def group_name(self) -> str:
         """The supplementary groups kept, by name, for the log and the doctor."""

@@ -49,6 +49,8 @@ class RunReport:
     capture_tail: list[str] = field(default_factory=list)
     crashes: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What the reader must know about how the run was made (QEMU without its seccomp filter, say)."""
 
     def artifact(self, name: str) -> Path:
         """A file of the run directory."""
