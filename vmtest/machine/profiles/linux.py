@@ -22,7 +22,7 @@ KERNEL_ARGS = (
 
 
 class LinuxProfile(Profile):
-    """Boots ``image`` with ``-kernel``/``-initrd``: virtio disk, e1000 NIC, ISA pvpanic, VGA screen."""
+    """Boots ``image`` with ``-kernel``/``-initrd`` on q35: virtio disk, e1000 NIC, pvpanic, VGA screen."""
 
     name: ClassVar[str] = "linux"
 
@@ -68,13 +68,14 @@ class LinuxProfile(Profile):
         """Machine type, firmware-less direct kernel boot, disk, NIC, panic device and display.
 
         Only what the pipeline uses: the disk (the guest's scratch space), the NIC (SSH), pvpanic (a
-        panic reaches QMP) and the VGA screen (screenshots). ``vmport=off`` drops the VMware
-        backdoor port, which nothing here uses. A failed disk write (the overlay reaching the file-size
-        bound, a full host disk) pauses the guest (``werror=stop``) so the run ends naming it.
+        panic reaches QMP) and the VGA screen (screenshots). q35 rather than ``pc``: no ISA floppy
+        controller, no PIIX IDE; ``vmport=off`` drops the VMware backdoor port (docs/SECURITY.md).
+        A failed disk write (the overlay reaching the file-size bound, a full host disk) pauses the
+        guest (``werror=stop``) so that the run ends naming it.
         """
         files = context.files
         return [
-            "-machine", "pc,vmport=off",
+            "-machine", "q35,vmport=off",
             "-cpu", self.cpu_model(context.accel),
             "-kernel", files.readable(self.image.kernel),
             "-initrd", files.readable(self.image.initrd),
