@@ -146,3 +146,46 @@ def test_a_guest_filling_its_disk_hits_the_bound(tmp_path: Path, image: LinuxIma
     row.observed = f"`{message}`; overlay size {overlay / (1 << 20):.1f} MiB"
     assert "machine.limits.disk_mib" in message and "File too large" in message
     assert overlay <= 16 << 20
+
+
+def test_qemu_past_its_memory_bound_ends_the_run_naming_it(
+    tmp_path: Path, image: LinuxImage, record: Record
+) -> None:
+    row = record(
+        "QEMU past its address-space bound",
+        "machine.memory_mib: 1024 with machine.limits.memory_overhead_mib: 512 (RLIMIT_AS 1.5 GiB; TCG alone "
+        "reserves 1 GiB for translated code)",
+        "QEMU cannot allocate its memory and exits; the run ends as an infrastructure failure naming it",
+    )
+    machine = MachineConfig(memory_mib=1024, limits=MachineLimits(memory_overhead_mib=512))
+
+    async def scenario() -> str:
+        with pytest.raises(InfraError) as failed:
+            async with VmSession(config_for(tmp_path, image, machine), PlainProgress()):
+                pass
+        return str(failed.value)
+
+    message = asyncio.run(scenario())
+    row.observed = f"`{message}`"
+    assert "RLIMIT_AS" in message and "memory_overhead_mib" in message
+
+
+def test_qemu_past_its_cpu_time_bound_ends_the_run_naming_it(
+    tmp_path: Path, image: LinuxImage, record: Record
+) -> None:
+    row = record(
+        "QEMU past its CPU-time bound",
+        "machine.limits.cpu_seconds: 10 (RLIMIT_CPU) while the guest boots under TCG",
+        "QEMU is killed by SIGXCPU; the run ends as an infrastructure failure naming the bound",
+    )
+    machine = MachineConfig(limits=MachineLimits(cpu_seconds=10))
+
+    async def scenario() -> str:
+        with pytest.raises(MachineExited) as exited:
+            async with VmSession(config_for(tmp_path, image, machine), PlainProgress()) as session:
+                await session.wait(asyncio.sleep(600), 600, "keeping the guest busy")
+        return str(exited.value)
+
+    message = asyncio.run(scenario())
+    row.observed = f"`{message}`"
+    assert "SIGXCPU" in message and "machine.limits.cpu_seconds" in message

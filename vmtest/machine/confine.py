@@ -59,6 +59,7 @@ DEFAULT_USER = "vmtest"
 FALLBACK_USER = "nobody"
 KVM_DEVICE = Path("/dev/kvm")
 _MIB = 1 << 20
+_CPU_GRACE = 5
 
 
 @dataclass(frozen=True)
@@ -89,14 +90,17 @@ class Bounds:
         )
 
     def apply(self) -> None:
-        """Set the limits on the calling process (a child about to exec); soft and hard alike."""
+        """Set the limits on the calling process (a child about to exec)."""
         for which, value in (
             (resource.RLIMIT_AS, self.address_space),
-            (resource.RLIMIT_CPU, self.cpu_seconds),
             (resource.RLIMIT_FSIZE, self.file_size),
         ):
             if value is not None:
                 resource.setrlimit(which, (value, value))
+        if self.cpu_seconds is not None:
+            # SIGXCPU at the bound (QEMU ends, and the exit names the bound); SIGKILL a little later if it
+            # survived that. Equal soft and hard limits would make the kernel send SIGKILL first.
+            resource.setrlimit(resource.RLIMIT_CPU, (self.cpu_seconds, self.cpu_seconds + _CPU_GRACE))
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a core dump would hold the guest's memory
         # A write past RLIMIT_FSIZE then fails with EFBIG (reported by QEMU as an I/O error) instead of
         # killing QEMU with SIGXFSZ; an ignored signal stays ignored across exec.

@@ -259,7 +259,13 @@ class Machine:
             assert self._exited is not None
             await asyncio.wait_for(asyncio.shield(self._exited), 5)
         tail = _tail(self.run_dir.qemu_log)
-        raise QemuStartError(f"QEMU did not start: {tail or 'see qemu.log'}", phase="boot")
+        hint = ""
+        if "cannot allocate memory" in tail.lower() and self.confinement.bounds.address_space is not None:
+            hint = (
+                f" (the address-space bound: {self.confinement.bounds.address_space >> 20} MiB = "
+                "machine.memory_mib + machine.limits.memory_overhead_mib, RLIMIT_AS)"
+            )
+        raise QemuStartError(f"QEMU did not start: {tail or 'see qemu.log'}{hint}", phase="boot")
 
     async def _add_forwards(self) -> None:
         for name, guest_port in self.profile.forwards.items():
