@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import os
 import re
 from pathlib import Path
 
 import pytest
-from faultlib import Record
+from conftest import write_config
+from faultlib import Record, vmtest_run
 
 from vmtest.config.models import LinuxGuestConfig, MachineConfig, MachineLimits, VmtestConfig
 from vmtest.errors import InfraError, MachineExited
@@ -189,3 +191,32 @@ def test_qemu_past_its_cpu_time_bound_ends_the_run_naming_it(
     message = asyncio.run(scenario())
     row.observed = f"`{message}`"
     assert "SIGXCPU" in message and "machine.limits.cpu_seconds" in message
+
+
+def test_a_run_without_the_sandbox_says_so_in_every_report(
+    tmp_path: Path, image: LinuxImage, faults_ko: Path, record: Record
+) -> None:
+    row = record(
+        "seccomp turned off by the configuration",
+        "machine.sandbox: false; `vmtest run --driver vmtest_faults.ko --scenario fault_a`",
+        "the run works; QEMU has no filter (Seccomp: 0); verdicts.json, junit.xml and report.html warn",
+    )
+    config = write_config(tmp_path / "vmtest.yaml", image, "machine:\n  sandbox: false\n")
+    artifacts = tmp_path / "runs"
+    args = ["run", str(config), "--driver", str(faults_ko), "--scenario", "fault_a"]
+    with vmtest_run([*args, "--artifacts", str(artifacts)], artifacts=artifacts) as run:
+        seccomp = status_fields(run.qemu_pid())["Seccomp"]
+        finished = run.finish()
+    assert finished.run_dir is not None
+    verdicts = json.loads((finished.run_dir / "verdicts.json").read_text())
+    junit = (finished.run_dir / "junit.xml").read_text()
+    html = (finished.run_dir / "report.html").read_text()
+    warned = {
+        "verdicts.json": any("seccomp" in warning for warning in verdicts.get("warnings", [])),
+        "junit.xml": 'name="warning"' in junit and "seccomp" in junit,
+        "report.html": "Warning: QEMU ran without its seccomp filter" in html,
+    }
+    row.observed = f"exit {finished.returncode}; Seccomp: {seccomp}; warned in: {warned}"
+    assert finished.returncode == 0, finished.stderr
+    assert seccomp == "0"
+    assert all(warned.values())
