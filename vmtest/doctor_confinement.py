@@ -110,7 +110,7 @@ def _check_kvm_for_user(config: VmtestConfig, confinement: Confinement) -> Check
         return Check("kvm for qemu's user", True, "info", f"{KVM_DEVICE} does not exist (see the kvm check)")
     who = confinement.run_as.name if confinement.run_as is not None else "this user"
     if can_open(KVM_DEVICE, confinement.run_as, write=True):
-        groups = confinement.group_name()
+        groups = confinement.group_names()
         via = f" (through group {groups})" if groups else ""
         return Check("kvm for qemu's user", True, "info", f"{who} may open {KVM_DEVICE}{via}")
     return Check(

@@ -220,7 +220,7 @@ class Confinement:
         """What the reports must say about confinement that is missing."""
         return confinement_warnings(MachineConfig(sandbox=self.sandbox))
 
-    def group_name(self) -> str:
+    def group_names(self) -> str:
         """The supplementary groups kept, by name, for the log and the doctor."""
         if self.run_as is None:
             return ""

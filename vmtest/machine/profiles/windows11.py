@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from vmtest.errors import AcceleratorError, ImageError, InfraError, QemuStartError
 from vmtest.machine.confine import Confinement
-from vmtest.machine.hostfiles import HostFiles
+from vmtest.machine.hostfiles import HostFiles, qemu_path
 from vmtest.machine.kvm_caps import kvm_has_hyperv
 from vmtest.machine.process import spawn_bound_to_parent
 from vmtest.machine.profiles.base import LaunchContext, Profile
@@ -126,11 +126,6 @@ def _give(tree: Path, owner: int) -> None:
         os.chown(folder, owner, -1)
         for name in names:
             os.chown(os.path.join(folder, name), owner, -1)
-
-
-def _qemu_path(path: Path) -> str:
-    """A path as a QEMU option value: commas are doubled so they cannot start another option."""
-    return str(path).replace(",", ",,")
 
 
 def _cdrom(files: HostFiles, path: Path, drive: str) -> str:
@@ -294,7 +289,7 @@ class Windows11Profile(Profile):
         if self.hardware.tpm is not None:
             socket = tpm_socket(context.run_dir)
             args += [
-                "-chardev", f"socket,id=chrtpm,path={_qemu_path(socket)}",  # §1.3
+                "-chardev", f"socket,id=chrtpm,path={qemu_path(socket)}",  # §1.3
                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
                 "-device", f"{self.hardware.tpm.model},tpmdev=tpm0",
             ]  # fmt: skip
