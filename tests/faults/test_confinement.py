@@ -177,7 +177,7 @@ def test_qemu_past_its_cpu_time_bound_ends_the_run_naming_it(
 ) -> None:
     row = record(
         "QEMU past its CPU-time bound",
-        "machine.limits.cpu_seconds: 10 (RLIMIT_CPU) while the guest boots under TCG",
+        "machine.limits.cpu_seconds: 10 (RLIMIT_CPU); the guest boots, then spins (`while :; do :; done`)",
         "QEMU is killed by SIGXCPU; the run ends as an infrastructure failure naming the bound",
     )
     machine = MachineConfig(limits=MachineLimits(cpu_seconds=10))
@@ -185,7 +185,11 @@ def test_qemu_past_its_cpu_time_bound_ends_the_run_naming_it(
     async def scenario() -> str:
         with pytest.raises(MachineExited) as exited:
             async with VmSession(config_for(tmp_path, image, machine), PlainProgress()) as session:
-                await session.wait(asyncio.sleep(600), 600, "keeping the guest busy")
+                guest = await session.connect()
+                spin = functools.partial(
+                    guest.transport.run, ["sh", "-c", "while :; do :; done"], timeout=600
+                )
+                await session.call(spin, timeout=600, what="keeping the guest's CPU busy")
         return str(exited.value)
 
     message = asyncio.run(scenario())
