@@ -17,6 +17,8 @@ import pytest
 from vmtest.config.models import MachineConfig, MachineLimits, VmtestConfig
 from vmtest.doctor_confinement import confinement_checks
 from vmtest.errors import ConfigError
+from vmtest.images.linux import default_cache_root
+from vmtest.machine import accel
 from vmtest.machine import machine as machine_module
 from vmtest.machine.confine import SANDBOX, Bounds, Confinement, RunAs, can_open, confinement_warnings
 from vmtest.machine.hostfiles import HostFiles
@@ -199,3 +201,24 @@ def test_doctor_reports_each_confinement(tmp_path: Path) -> None:
     assert checks["seccomp"].ok, checks["seccomp"].detail
     off = confinement_checks(VmtestConfig(artifacts=tmp_path, machine=MachineConfig(sandbox=False)))
     assert not off[0].ok and off[0].severity == "warning"
+
+
+@pytest.mark.skipif(QEMU is None, reason="QEMU not installed")
+def test_the_kvm_probes_run_confined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both probes, confined and with their files passed as descriptors, under TCG (KVM may be absent)."""
+    assert QEMU is not None
+    kvm_args = accel._base_args
+
+    def under_tcg(qemu: str, cpu_model: str, confinement: Confinement | None = None) -> list[str]:
+        args = kvm_args(qemu, cpu_model, confinement)
+        assert args[1:3] == ["-sandbox", SANDBOX]
+        return [*args[:3], *["tcg" if arg == "kvm" else arg for arg in args[3:]]]
+
+    monkeypatch.setattr(accel, "_base_args", under_tcg)
+    confinement = Confinement.from_config(MachineConfig())
+    sector = asyncio.run(accel._probe_with_boot_sector(QEMU, "max", 60, confinement))
+    assert sector.usable, sector.reason
+    kernels = sorted(Path(default_cache_root(), "linux").glob("*/kernel/vmlinuz"))
+    if kernels:
+        booted = asyncio.run(accel._probe_with_kernel(QEMU, "max", kernels[-1], 120, confinement))
+        assert booted.usable, booted.reason

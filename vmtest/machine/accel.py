@@ -118,7 +118,7 @@ async def _probe_with_boot_sector(
         args = [
             *_base_args(qemu, cpu_model, confinement), "-serial", "none",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={files.image(disk, writable=False)},format=raw,if=ide,index=0,readonly=on",
+            "-drive", f"file={files.image(disk, writable=True)},format=raw,if=ide,index=0",  # ide-hd: rw
         ]  # fmt: skip
         process = await _spawn(args, files, confinement)
         try:
