@@ -77,7 +77,8 @@ def test_qemu_runs_under_seccomp_as_an_unprivileged_user_with_only_its_files(
     outside = [path for path in files if not path.startswith(allowed)]
     named = sorted(set(re.findall(r"(?:/root|/tmp|/home|/work)[^ ,]*", command)))
     row.observed = (
-        f"Seccomp: {status['Seccomp']}; uid {uid} (vmtest's: {os.geteuid()}); {len(files)} open files, "
+        f"Seccomp: {status['Seccomp']}; uid {uid} (vmtest's: {os.geteuid()}); VmPeak {status['VmPeak']} "
+        f"(RLIMIT_AS {(1024 + 4096)} MiB); {len(files)} open files, "
         f"outside the run directory and image: {outside or 'none'}; paths on the command line: "
         f"{named or 'none'}; screenshot through a passed descriptor: {shot is not None}"
     )
