@@ -46,6 +46,11 @@ if [[ ${#missing[@]} -gt 0 ]] || ! apt-cache show linux-image-amd64 >/dev/null 2
   fi
 fi
 
+# When vmtest runs as root, QEMU and swtpm run as this dedicated system user (docs/SECURITY.md).
+if ! getent passwd vmtest >/dev/null; then
+  "${as_root[@]}" useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vmtest
+fi
+
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi

@@ -251,6 +251,7 @@ def _check_disk_space(config: VmtestConfig) -> Iterator[Check]:
 
 def run_checks(config: VmtestConfig) -> list[Check]:
     """Every check, in the order a person would fix them."""
+    from vmtest.doctor_confinement import confinement_checks
     from vmtest.doctor_host import host_checks
     from vmtest.doctor_image import image_checks
 
@@ -264,6 +265,7 @@ def run_checks(config: VmtestConfig) -> list[Check]:
         *host_checks(config),
         *_check_disk_space(config),
         *image_checks(config),
+        *confinement_checks(config),
     ]
 
 

@@ -70,6 +70,7 @@ from vmtest.events.scenarios import DEFAULT_SCENARIOS
 from vmtest.guests import Guest
 from vmtest.images.linux import default_cache_root
 from vmtest.loop import run_main
+from vmtest.machine.confine import confinement_warnings
 from vmtest.machine.profiles.linux import LinuxProfile
 from vmtest.probe import ensure_probed
 from vmtest.progress import Progress, make_progress
@@ -931,6 +932,7 @@ def report_of(
         capture_tail=outcome.capture_tail,
         crashes=[c.to_dict() for c in verdict.crashes],
         notes=list(verdict.notes),
+        warnings=confinement_warnings(config.machine),
     )
 
 
@@ -978,6 +980,7 @@ def _write_report_files(
         "phase": outcome.phase,
         "phases": outcome.phases,
         "ended_by": outcome.ended_by,
+        **({"warnings": report.warnings} if report.warnings else {}),
         **verdict.to_dict(),
     }
     paths["verdicts"].write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")

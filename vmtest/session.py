@@ -30,6 +30,7 @@ from vmtest.guest.ssh import SshTransport
 from vmtest.guests import Guest, GuestAccess, access_for, guest_for
 from vmtest.images.linux import default_cache_root
 from vmtest.machine.accel import resolve_accelerator
+from vmtest.machine.confine import Confinement
 from vmtest.machine.machine import Machine, ShutdownReport
 from vmtest.machine.ports import LOOPBACK
 from vmtest.machine.process import find_qemu
@@ -126,6 +127,7 @@ class VmSession:
                 timeout=config.timeouts.accel_probe,
                 probe_kernel=profile.probe_kernel,
                 cache_dir=default_cache_root(),
+                confinement=Confinement.from_config(config.machine),
             )
             profile.check_accelerator(accel)
         self.progress.note(f"run directory: {self.run_dir.path} (accelerator: {accel})")

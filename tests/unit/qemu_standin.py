@@ -32,18 +32,36 @@ def option(args: list[str], name: str) -> str | None:
     return args[args.index(name) + 1] if name in args else None
 
 
+def host_file(args: list[str], name: str | None) -> str | None:
+    """The host file a path of the command line stands for: ``/dev/fdset/N`` is an ``-add-fd`` set and
+    ``/proc/self/fd/N`` a descriptor QEMU inherited (how vmtest hands files to a confined QEMU)."""
+    if name is None:
+        return None
+    if name.startswith("/dev/fdset/"):
+        number = name.removeprefix("/dev/fdset/")
+        for position, arg in enumerate(args[:-1]):
+            fields = dict(item.split("=", 1) for item in args[position + 1].split(",") if "=" in item)
+            if arg == "-add-fd" and fields.get("set") == number:
+                return os.readlink(f"/proc/self/fd/{fields['fd']}")
+        return None
+    if name.startswith("/proc/self/fd/"):
+        return os.readlink(name)
+    return name
+
+
 def main(args: list[str]) -> int:
     """Check the command line, record it, and play the guest."""
-    Path(os.environ["QEMU_STANDIN_RECORD"]).write_text(json.dumps({"pid": os.getpid(), "args": args}))
+    kernel = host_file(args, option(args, "-kernel"))
+    disk = host_file(args, (option(args, "-drive") or "").split(",")[0].removeprefix("file=") or None)
+    record = {"pid": os.getpid(), "args": args, "kernel": kernel, "disk": disk}
+    Path(os.environ["QEMU_STANDIN_RECORD"]).write_text(json.dumps(record))
     if option(args, "-accel") != "kvm":
         sys.stderr.write("qemu-system-x86_64: the probe must ask for -accel kvm\n")
         return 1
-    kernel = option(args, "-kernel")
     if kernel is not None and not (Path(kernel).is_file() and option(args, "-serial") == "stdio"):
         sys.stderr.write(f"qemu-system-x86_64: -kernel {kernel} without a file or -serial stdio\n")
         return 1
     if kernel is None:
-        disk = (option(args, "-drive") or "").split(",")[0].removeprefix("file=")
         sector = Path(disk).read_bytes() if disk and Path(disk).is_file() else b""
         if option(args, "-device") != "isa-debug-exit,iobase=0xf4,iosize=0x04" or sector[-2:] != b"\x55\xaa":
             sys.stderr.write("qemu-system-x86_64: no bootable disk and no isa-debug-exit device\n")

@@ -4,6 +4,7 @@ tells a guest that runs under KVM from one that hangs or fails (QEMU played by `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from qemu_standin import KVM_FAILURE
 
 from vmtest.errors import AcceleratorError
 from vmtest.machine import accel
+from vmtest.machine.confine import Confinement
 
 QEMU = shutil.which("qemu-system-x86_64")
 SOURCE = Path(accel.__file__).with_name("kvm_probe.S")
@@ -97,6 +99,10 @@ def test_probe_result_is_cached_per_host_boot(tmp_path: Path) -> None:
     assert accel._ProbeCache(tmp_path, "qemu", "max", None).load() is None
 
 
+UNCONFINED = dataclasses.replace(Confinement.default(), run_as=None)
+"""The probe's confinement without the change of user: the stand-in and its files are this test's."""
+
+
 class StandIn:
     """``qemu_standin.py`` behind an executable named like QEMU, playing one guest; what it was run with."""
 
@@ -116,8 +122,18 @@ class StandIn:
     def probe(self, *, kernel: bool, timeout: float = 30) -> accel.KvmProbe:
         """Run the real probe against the stand-in."""
         return asyncio.run(
-            accel.probe_kvm(str(self.qemu), "host", timeout, kernel=self.kernel if kernel else None)
+            accel.probe_kvm(
+                str(self.qemu),
+                "host",
+                timeout,
+                kernel=self.kernel if kernel else None,
+                confinement=UNCONFINED,
+            )
         )
+
+    def host_file(self, role: str) -> str:
+        """The host file the stand-in was handed as ``role`` (``kernel``, ``disk``), by path or descriptor."""
+        return str(json.loads(self.record.read_text())[role])
 
     def ran(self) -> tuple[int, list[str]]:
         """The stand-in's pid and arguments."""
@@ -141,11 +157,16 @@ def test_a_kernel_that_boots_under_kvm_makes_kvm_usable(
     probe = standin.probe(kernel=True)
     pid, args = standin.ran()
     assert probe == accel.KvmProbe(True, "a Linux kernel booted under KVM (-cpu host)")
-    assert args[args.index("-kernel") + 1] == str(standin.kernel) and "console=ttyS0" in " ".join(args)
+    assert standin.host_file("kernel") == str(standin.kernel) and "console=ttyS0" in " ".join(args)
     assert gone(pid), "the probe leaves the booted guest running"
     chosen = asyncio.run(
         accel.resolve_accelerator(
-            "kvm", qemu=str(standin.qemu), kvm_cpu_model="host", timeout=30, probe_kernel=standin.kernel
+            "kvm",
+            qemu=str(standin.qemu),
+            kvm_cpu_model="host",
+            timeout=30,
+            probe_kernel=standin.kernel,
+            confinement=UNCONFINED,
         )
     )
     assert chosen == "kvm"
@@ -175,6 +196,7 @@ def test_a_guest_that_hangs_under_kvm_is_killed_and_kvm_refused(
             kvm_cpu_model="host",
             timeout=2,
             probe_kernel=standin.kernel if kernel else None,
+            confinement=UNCONFINED,
         )
     )
     assert chosen == "tcg"

@@ -70,7 +70,7 @@ def options_of(value: str) -> dict[str, str]:
 
 def test_q35(tmp_path: Path) -> None:
     args, _ = build(Windows11Profile(hardware(tmp_path)), tmp_path)
-    assert values(args, "-machine") == ["q35"]  # §1.1
+    assert values(args, "-machine") == ["q35,vmport=off"]  # §1.1; no VMware backdoor port (SECURITY.md)
 
 
 def test_cpu_host_with_hyperv_enlightenments_and_hv_crash(tmp_path: Path) -> None:

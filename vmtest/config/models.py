@@ -33,6 +33,7 @@ __all__ = [
     "GuestConfig",
     "LinuxGuestConfig",
     "MachineConfig",
+    "MachineLimits",
     "SshConfig",
     "SuiteConfig",
     "SuiteMode",
@@ -70,6 +71,18 @@ class _Strict(BaseModel):
             yield name, REDACTED if name in self._hidden else value
 
 
+class MachineLimits(_Strict):
+    """Bounds on one QEMU process, so that one run cannot starve the host (docs/SECURITY.md)."""
+
+    memory_overhead_mib: int = Field(
+        4096, ge=512, description="address space QEMU may use beyond the guest's memory (RLIMIT_AS)"
+    )
+    cpu_seconds: int = Field(7200, ge=10, description="CPU time QEMU may use (RLIMIT_CPU)")
+    disk_mib: int = Field(
+        8192, ge=16, description="largest file QEMU may write: each overlay, log, screenshot (RLIMIT_FSIZE)"
+    )
+
+
 class MachineConfig(_Strict):
     """The virtual hardware and the QEMU binary that runs it."""
 
@@ -85,6 +98,17 @@ class MachineConfig(_Strict):
         description="start from a RAM snapshot of the ready guest, kept per image and configuration in the "
         "cache (made by the first cold boot); between tests the guest returns to it",
     )
+    sandbox: bool = Field(
+        True,
+        description="run QEMU under its seccomp filter (-sandbox on, spawning and privilege changes denied); "
+        "turning it off is reported as a warning",
+    )
+    user: str = Field(
+        "vmtest",
+        min_length=1,
+        description="when vmtest runs as root, QEMU and swtpm run as this user (nobody if it does not exist)",
+    )
+    limits: MachineLimits = Field(default_factory=MachineLimits)
 
 
 class Timeouts(_Strict):

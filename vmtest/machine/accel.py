@@ -6,8 +6,11 @@ kernel under KVM (the Linux self-test guest's, when built) and calls KVM usable 
 prints its banner before the deadline. Without a kernel it falls back to a 512-byte boot sector that
 enters long mode and writes to QEMU's ``isa-debug-exit`` port (source: ``kvm_probe.S``).
 
-Results are cached per host boot, QEMU binary, CPU model and probe kernel, so a hanging KVM costs its
-deadline once, not on every run.
+The probe runs confined exactly like the guests will (seccomp, QEMU's user, files passed as
+descriptors), so "KVM usable" means usable by that user: a ``/dev/kvm`` only root may open is not.
+
+Results are cached per host boot, QEMU binary, CPU model, probe kernel and user, so a hanging KVM costs
+its deadline once, not on every run.
 """
 
 from __future__ import annotations
@@ -17,13 +20,15 @@ import contextlib
 import json
 import logging
 import os
-import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vmtest.config.models import Accelerator
-from vmtest.errors import AcceleratorError
+from vmtest.errors import AcceleratorError, QemuStartError
+from vmtest.machine.confine import KVM_DEVICE, Confinement, can_open
+from vmtest.machine.hostfiles import HostFiles
+from vmtest.machine.process import spawn_bound_to_parent
 
 __all__ = ["KvmProbe", "probe_kvm", "resolve_accelerator"]
 
@@ -38,7 +43,7 @@ _LONG_MODE_PROBE = bytes.fromhex(
     "00000000ffff0000009acf00ffff00000092cf00ffff0000009aaf001f00907c"
 )
 _KERNEL_BANNER = b"Linux version"
-_KVM_DEVICE = "/dev/kvm"
+_KVM_DEVICE = str(KVM_DEVICE)  # a module constant, so that a test can point the probe at its own device
 
 
 @dataclass(frozen=True)
@@ -55,47 +60,70 @@ def boot_sector() -> bytes:
 
 
 async def probe_kvm(
-    qemu: str, cpu_model: str, timeout: float, *, kernel: Path | None = None, cache_dir: Path | None = None
+    qemu: str,
+    cpu_model: str,
+    timeout: float,
+    *,
+    kernel: Path | None = None,
+    cache_dir: Path | None = None,
+    confinement: Confinement | None = None,
 ) -> KvmProbe:
-    """Run a probe guest under KVM; usable only if it shows it ran before ``timeout``."""
-    if not os.path.exists(_KVM_DEVICE):
+    """Run a probe guest under KVM, confined as guests are; usable only if it ran before ``timeout``."""
+    confinement = confinement if confinement is not None else Confinement.default()
+    device = Path(_KVM_DEVICE)
+    if not device.exists():
         return KvmProbe(False, f"{_KVM_DEVICE} does not exist (KVM module not loaded, or virtualisation off)")
-    if not os.access(_KVM_DEVICE, os.R_OK | os.W_OK):
-        return KvmProbe(False, f"{_KVM_DEVICE} is not readable and writable by this user (join group kvm)")
-    cache = _ProbeCache(cache_dir, qemu, cpu_model, kernel)
+    if not can_open(device, confinement.run_as, write=True):
+        who = f"QEMU's user {confinement.run_as.name}" if confinement.run_as else "this user"
+        return KvmProbe(
+            False,
+            f"{_KVM_DEVICE} is not readable and writable by {who} (give it to the kvm group, mode 0660)",
+        )
+    cache = _ProbeCache(cache_dir, qemu, cpu_model, kernel, confinement)
     cached = cache.load()
     if cached is not None:
         return cached
     try:
         if kernel is not None:
-            result = await _probe_with_kernel(qemu, cpu_model, kernel, timeout)
+            result = await _probe_with_kernel(qemu, cpu_model, kernel, timeout, confinement)
         else:
-            result = await _probe_with_boot_sector(qemu, cpu_model, timeout)
-    except OSError as error:
+            result = await _probe_with_boot_sector(qemu, cpu_model, timeout, confinement)
+    except (OSError, QemuStartError) as error:
         return KvmProbe(False, f"cannot run {qemu}: {error}")  # not cached: installing QEMU fixes it
     cache.store(result)
     return result
 
 
-def _base_args(qemu: str, cpu_model: str) -> list[str]:
+def _base_args(qemu: str, cpu_model: str, confinement: Confinement | None = None) -> list[str]:
+    sandbox = confinement.qemu_args() if confinement is not None else []
     return [
-        qemu, "-accel", "kvm", "-cpu", cpu_model, "-machine", "pc", "-m", "256", "-nodefaults",
-        "-no-user-config", "-display", "none", "-no-reboot",
+        qemu, *sandbox, "-accel", "kvm", "-cpu", cpu_model, "-machine", "pc", "-m", "256",
+        "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
     ]  # fmt: skip
 
 
-async def _probe_with_boot_sector(qemu: str, cpu_model: str, timeout: float) -> KvmProbe:
+async def _spawn(args: list[str], files: HostFiles, confinement: Confinement) -> asyncio.subprocess.Process:
+    try:
+        return await spawn_bound_to_parent(
+            [args[0], *files.add_fd_args(), *args[1:]], pass_fds=files.fds, confinement=confinement
+        )
+    finally:
+        files.close()
+
+
+async def _probe_with_boot_sector(
+    qemu: str, cpu_model: str, timeout: float, confinement: Confinement
+) -> KvmProbe:
     with tempfile.TemporaryDirectory(prefix="vmtest-kvm-probe-") as folder:
         disk = Path(folder) / "boot.img"
         disk.write_bytes(boot_sector())
+        files = HostFiles(pass_descriptors=True)
         args = [
-            *_base_args(qemu, cpu_model), "-serial", "none",
+            *_base_args(qemu, cpu_model, confinement), "-serial", "none",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-drive", f"file={disk},format=raw,if=ide,index=0",
+            "-drive", f"file={files.image(disk, writable=True)},format=raw,if=ide,index=0",  # ide-hd: rw
         ]  # fmt: skip
-        process = await asyncio.create_subprocess_exec(
-            *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
+        process = await _spawn(args, files, confinement)
         try:
             output, _ = await asyncio.wait_for(process.communicate(), timeout)
         except asyncio.TimeoutError:
@@ -106,14 +134,15 @@ async def _probe_with_boot_sector(qemu: str, cpu_model: str, timeout: float) -> 
     return KvmProbe(False, f"a long-mode probe under KVM (-cpu {cpu_model}) failed: {_last_line(output)}")
 
 
-async def _probe_with_kernel(qemu: str, cpu_model: str, kernel: Path, timeout: float) -> KvmProbe:
+async def _probe_with_kernel(
+    qemu: str, cpu_model: str, kernel: Path, timeout: float, confinement: Confinement
+) -> KvmProbe:
+    files = HostFiles(pass_descriptors=True)
     args = [
-        *_base_args(qemu, cpu_model), "-serial", "stdio", "-kernel", str(kernel),
+        *_base_args(qemu, cpu_model, confinement), "-serial", "stdio", "-kernel", files.readable(kernel),
         "-append", "console=ttyS0 panic=-1 rdinit=/vmtest-kvm-probe",
     ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(
-        *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-    )
+    process = await _spawn(args, files, confinement)
     assert process.stdout is not None
     stdout = process.stdout
 
@@ -152,9 +181,19 @@ def _last_line(output: bytes) -> str:
 class _ProbeCache:
     """One probe result per host boot, QEMU binary, CPU model and probe kernel."""
 
-    def __init__(self, folder: Path | None, qemu: str, cpu_model: str, kernel: Path | None) -> None:
+    def __init__(
+        self,
+        folder: Path | None,
+        qemu: str,
+        cpu_model: str,
+        kernel: Path | None,
+        confinement: Confinement | None = None,
+    ) -> None:
         self.file = folder / "kvm-probe.json" if folder is not None else None
-        self.key = json.dumps([_boot_id(), qemu, _mtime(qemu), cpu_model, str(kernel), _mtime(kernel)])
+        confinement = confinement if confinement is not None else Confinement.default()
+        user = confinement.run_as.uid if confinement.run_as is not None else os.geteuid()
+        stamp = [_boot_id(), qemu, _mtime(qemu), cpu_model, str(kernel), _mtime(kernel)]
+        self.key = json.dumps([*stamp, user, confinement.sandbox])
 
     def load(self) -> KvmProbe | None:
         if self.file is None:
@@ -198,11 +237,14 @@ async def resolve_accelerator(
     timeout: float,
     probe_kernel: Path | None = None,
     cache_dir: Path | None = None,
+    confinement: Confinement | None = None,
 ) -> str:
-    """Turn ``auto|kvm|tcg`` into the accelerator to use, probing KVM when it matters."""
+    """Turn ``auto|kvm|tcg`` into the accelerator to use, probing KVM (confined) when it matters."""
     if wanted == "tcg":
         return "tcg"
-    probe = await probe_kvm(qemu, kvm_cpu_model, timeout, kernel=probe_kernel, cache_dir=cache_dir)
+    probe = await probe_kvm(
+        qemu, kvm_cpu_model, timeout, kernel=probe_kernel, cache_dir=cache_dir, confinement=confinement
+    )
     if probe.usable:
         log.info("accelerator: KVM (%s)", probe.reason)
         return "kvm"

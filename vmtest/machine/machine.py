@@ -24,7 +24,9 @@ from vmtest.errors import (
     MonitorError,
     QemuStartError,
 )
+from vmtest.machine.confine import Confinement, bound_for_signal
 from vmtest.machine.console import SerialConsole
+from vmtest.machine.hostfiles import HostFiles
 from vmtest.machine.monitor import Monitor, QmpEvent
 from vmtest.machine.ports import LOOPBACK, free_loopback_port
 from vmtest.machine.process import find_qemu, spawn_bound_to_parent
@@ -75,6 +77,8 @@ class Machine:
         self.timeouts = timeouts
         self.run_dir = run_dir
         self.accel = accel
+        self.confinement = Confinement.from_config(machine)
+        profile.confinement = self.confinement
         self.monitor = Monitor("vmtest", run_dir.events_log, timeouts.qmp_command)
         self.consoles: dict[str, SerialConsole] = {}
         self.serial_sockets: dict[str, socket.socket] = {}
@@ -99,18 +103,31 @@ class Machine:
         serial_pairs = {role: _serial_pair() for role in self.raw_serial_roles}
         for role in self.text_serial_roles:  # made before QEMU opens it, so a reader can follow it at once
             self.run_dir.serial_log(role).touch(mode=0o600)
-        args = self.command_line(
-            qemu, overlays, qmp_theirs.fileno(), {r: p[1].fileno() for r, p in serial_pairs.items()}
-        )
-        self.run_dir.command_file.write_text("\n".join(args) + "\n")
-        log.info("starting QEMU: %s", " ".join(args))
+        files = HostFiles(pass_descriptors=True)
         try:
+            args = self.command_line(
+                qemu,
+                overlays,
+                qmp_theirs.fileno(),
+                {r: p[1].fileno() for r, p in serial_pairs.items()},
+                files=files,
+            )
+            self.run_dir.command_file.write_text("\n".join(args) + "\n" + _legend(files))
+            log.info("starting QEMU (%s): %s", self.confinement.describe(), " ".join(args))
+            for warning in self.confinement.warnings():
+                log.warning("%s", warning)
             self.process = await spawn_bound_to_parent(
                 args,
                 log=self.run_dir.qemu_log,
-                pass_fds=[qmp_theirs.fileno(), *(p[1].fileno() for p in serial_pairs.values())],
+                pass_fds=[qmp_theirs.fileno(), *(p[1].fileno() for p in serial_pairs.values()), *files.fds],
+                confinement=self.confinement,
             )
+        except OSError as error:
+            raise QemuStartError(
+                f"cannot open {error.filename or 'a file'} for QEMU: {error.strerror}", phase="boot"
+            ) from None
         finally:
+            files.close()
             qmp_theirs.close()
             for _, theirs in serial_pairs.values():
                 theirs.close()
@@ -138,15 +155,25 @@ class Machine:
         return tuple(role for role in self.profile.serial_roles if role != CONSOLE_ROLE)
 
     def command_line(
-        self, qemu: str, overlays: tuple[Path, ...], qmp_fd: int, serial_fds: Mapping[str, int]
+        self,
+        qemu: str,
+        overlays: tuple[Path, ...],
+        qmp_fd: int,
+        serial_fds: Mapping[str, int],
+        *,
+        files: HostFiles | None = None,
     ) -> list[str]:
         """The full QEMU command line: what every guest shares, then the profile's part.
 
         ``serial_fds`` holds QEMU's end of each raw serial port's socket pair (see :attr:`raw_serial_roles`).
+        ``files`` opens every host file QEMU needs and names it by descriptor; without it files are
+        named by path (for keys and descriptions).
         """
+        files = files if files is not None else HostFiles.described()
         args = [
             qemu,
             "-name", f"vmtest-{self.run_dir.path.name},debug-threads=on",
+            *self.confinement.qemu_args(),
             "-S", "-nodefaults", "-no-user-config", "-display", "none",
             "-accel", self.accel,
             "-m", str(self.config.memory_mib),
@@ -162,13 +189,15 @@ class Machine:
         for index, role in enumerate(self.profile.serial_roles):
             log_path = self.run_dir.serial_log(role)
             if role in self.text_serial_roles:
-                args += ["-chardev", f"file,id=serial{index},path={log_path},append=on"]
+                args += ["-chardev", f"file,id=serial{index},path={files.output(log_path)},append=on"]
             else:
                 fd = serial_fds[role]
-                args += ["-chardev", f"socket,id=serial{index},fd={fd},logfile={log_path},logappend=on"]
+                logfile = files.output(log_path)
+                args += ["-chardev", f"socket,id=serial{index},fd={fd},logfile={logfile},logappend=on"]
             args += ["-serial", f"chardev:serial{index}"]
-        context = LaunchContext(accel=self.accel, overlays=overlays, run_dir=self.run_dir.path)
-        return [*args, *self.profile.qemu_args(context), *self.config.extra_args]
+        context = LaunchContext(accel=self.accel, overlays=overlays, run_dir=self.run_dir.path, files=files)
+        guest = self.profile.qemu_args(context)
+        return [args[0], *files.add_fd_args(), *args[1:], *guest, *self.config.extra_args]
 
     async def _make_overlays(self) -> tuple[Path, ...]:
         overlays = []
@@ -230,7 +259,13 @@ class Machine:
             assert self._exited is not None
             await asyncio.wait_for(asyncio.shield(self._exited), 5)
         tail = _tail(self.run_dir.qemu_log)
-        raise QemuStartError(f"QEMU did not start: {tail or 'see qemu.log'}", phase="boot")
+        hint = ""
+        if "cannot allocate memory" in tail.lower() and self.confinement.bounds.address_space is not None:
+            hint = (
+                f" (the address-space bound: {self.confinement.bounds.address_space >> 20} MiB = "
+                "machine.memory_mib + machine.limits.memory_overhead_mib, RLIMIT_AS)"
+            )
+        raise QemuStartError(f"QEMU did not start: {tail or 'see qemu.log'}{hint}", phase="boot")
 
     async def _add_forwards(self) -> None:
         for name, guest_port in self.profile.forwards.items():
@@ -343,11 +378,24 @@ class Machine:
             log.warning("no screenshot %r: the QMP connection is closed", label)
             return None
         try:
-            await self.monitor.execute("screendump", {"filename": str(path), "format": "png"})
-        except InfraError as error:
+            await self._screendump(path)
+        except (InfraError, OSError) as error:
             log.warning("no screenshot %r: %s", label, error)
             return None
-        return path if path.exists() else None
+        return path if path.exists() and path.stat().st_size > 0 else None
+
+    async def _screendump(self, path: Path) -> None:
+        """``screendump`` into a file vmtest opened and passed over QMP: QEMU cannot reach the run dir."""
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fdset: int | None = None
+        try:
+            fdset = await self.monitor.add_fd(fd, f"screenshot {path.name}")
+            await self.monitor.execute("screendump", {"filename": f"/dev/fdset/{fdset}", "format": "png"})
+        finally:
+            os.close(fd)
+            if fdset is not None:
+                with contextlib.suppress(InfraError):
+                    await self.monitor.execute("remove-fd", {"fdset-id": fdset})
 
     async def shutdown(self) -> ShutdownReport:
         """Stop QEMU by the gentlest step that works: guest power-off, QMP quit, SIGTERM, SIGKILL."""
@@ -440,19 +488,29 @@ def _crash_summary(event: QmpEvent) -> str:
 def _io_error_summary(event: QmpEvent) -> str:
     data = event.data
     text = f"{data.get('operation', 'I/O')} error on its disk {data.get('node-name') or data.get('device')}"
-    text += f": {data.get('reason', 'unknown reason')}"
+    reason = str(data.get("reason", "unknown reason"))
+    text += f": {reason}"
     if data.get("nospace"):
         text += "; the disk that holds the run directory is full"
+    elif "file too large" in reason.lower():
+        text += "; the disk overlay reached its size bound (machine.limits.disk_mib, RLIMIT_FSIZE)"
     return text
 
 
 def _exit_reason(returncode: int) -> str:
     if returncode < 0:
         try:
-            return f"killed by {signal.Signals(-returncode).name}"
+            name = signal.Signals(-returncode).name
         except ValueError:
             return f"killed by signal {-returncode}"
+        bound = bound_for_signal(-returncode)
+        return f"killed by {name}: {bound}" if bound else f"killed by {name}"
     return f"exit status {returncode}"
+
+
+def _legend(files: HostFiles) -> str:
+    """The descriptor names of the command line, as comment lines for people."""
+    return "".join(f"# {line}\n" for line in files.describe().splitlines())
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -66,6 +66,7 @@ class Monitor:
         self._pump: asyncio.Task[None] | None = None
         self._watch: asyncio.Task[None] | None = None
         self.link_down: asyncio.Event = asyncio.Event()
+        self._fd_lock = asyncio.Lock()
 
     async def connect(self, sock: socket.socket, timeout: float) -> None:
         """Connect over ``sock`` (our end of a socket pair QEMU holds the other end of)."""
@@ -110,6 +111,21 @@ class Monitor:
             raise MonitorError(f"QMP {command} failed: {error.error_class}: {error}") from None
         except (ExecInterruptedError, QMPError) as error:
             raise MachineExited(f"QMP {command}: the QMP connection dropped ({error})") from None
+
+    async def add_fd(self, fd: int, what: str) -> int:
+        """Hand QEMU ``fd`` over the QMP socket (SCM_RIGHTS) as a new fd set; the set's number.
+
+        QEMU then opens it as ``/dev/fdset/N`` without any path; remove it with ``remove-fd``.
+        """
+        async with self._fd_lock:  # the descriptor travels with the next command: keep the pair together
+            if not self.connected:
+                raise MachineExited(f"QMP add-fd ({what}): the QMP connection is closed")
+            try:
+                self._client.send_fd_scm(fd)
+            except (OSError, QMPError) as error:
+                raise MonitorError(f"cannot pass {what} to QEMU: {error}") from None
+            result = await self.execute("add-fd", {"opaque": what})
+        return int(result["fdset-id"])
 
     async def hmp(self, command_line: str, *, timeout: float | None = None) -> str:
         """Run a human-monitor command; HMP reports failures as text, which this turns into errors."""

@@ -28,7 +28,7 @@ _STYLE = """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:70em}
 h1{font-size:1.4em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:left}
-.passed{color:#1a7f37}.failed,.crashed,.hang,.error,.infrastructure{color:#cf222e}.skipped,.not_run{color:#777}
+.passed{color:#1a7f37}.failed,.crashed,.hang,.error,.infrastructure{color:#cf222e}.skipped,.not_run{color:#777}.warning{color:#9a6700;font-weight:bold}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;white-space:pre-wrap}
 svg{background:#fcfcfc;border:1px solid #ddd}.bad{color:#cf222e;font-weight:bold}
 img{max-width:100%;border:1px solid #ccc}
@@ -209,6 +209,7 @@ def render_html(report: RunReport, events: Sequence[Event], edges: Sequence[Lock
         f'<span class="{_e(report.status)}">{_e(report.status)}</span></h1>'
         + (f"<p>{_e(report.message)}</p>" if report.message else "")
         + "".join(f'<p class="note">{_e(note)}</p>' for note in report.notes)
+        + "".join(f'<p class="warning">Warning: {_e(warning)}</p>' for warning in report.warnings)
         + f"<p>{sum(1 for s in report.scenarios if s.passed)} of {len(report.scenarios)} scenario(s) passed in "
         f"{report.duration:.1f}s. Raw logs: {logs}</p>"
         f"<table><tr><th>scenario</th><th>verdict</th><th>first finding</th></tr>{rows}</table>"

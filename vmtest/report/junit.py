@@ -37,6 +37,8 @@ def write_junit(report: RunReport, path: Path) -> Path:
             ET.SubElement(properties, "property", name=f"artifact:{name}", value=str(report.artifact(name)))
     for shot in report.screenshots:
         ET.SubElement(properties, "property", name="screenshot", value=str(shot))
+    for warning in report.warnings:
+        ET.SubElement(properties, "property", name="warning", value=_xml_safe(warning))
     for scenario in report.scenarios:
         case = ET.SubElement(
             suite,

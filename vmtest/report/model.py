@@ -51,6 +51,8 @@ class RunReport:
     notes: list[str] = field(default_factory=list)
     """Facts stated beside the verdict, such as the Driver Verifier rules the driver ran under."""
     extra: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    """What the reader must know about how the run was made (QEMU without its seccomp filter, say)."""
 
     def artifact(self, name: str) -> Path:
         """A file of the run directory."""

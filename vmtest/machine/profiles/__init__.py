@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vmtest.config.models import LinuxGuestConfig, VmtestConfig
+from vmtest.machine.confine import Confinement
 from vmtest.machine.profiles.base import LaunchContext, Profile
 
 __all__ = ["LaunchContext", "Profile", "profile_for"]
@@ -17,8 +18,12 @@ def profile_for(config: VmtestConfig) -> Profile:
     from vmtest.machine.profiles.windows11 import Windows11Profile
 
     guest = config.guest
+    profile: Profile
     if isinstance(guest, LinuxGuestConfig):
         linux = resolve_linux_image(guest.image)
-        return LinuxProfile(linux, append=guest.append, ssh_port=guest.ssh.guest_port)
-    windows = resolve_windows_image(guest.image)
-    return Windows11Profile.for_image(windows, guest)
+        profile = LinuxProfile(linux, append=guest.append, ssh_port=guest.ssh.guest_port)
+    else:
+        windows = resolve_windows_image(guest.image)
+        profile = Windows11Profile.for_image(windows, guest)
+    profile.confinement = Confinement.from_config(config.machine)  # its helpers start before the machine
+    return profile

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
+
+from vmtest.machine.confine import Confinement
+from vmtest.machine.hostfiles import HostFiles
 
 __all__ = ["LaunchContext", "Profile"]
 
@@ -18,6 +21,8 @@ class LaunchContext:
     accel: str
     overlays: tuple[Path, ...]
     run_dir: Path
+    files: HostFiles = field(default_factory=HostFiles.described)
+    """How QEMU reaches every host file the profile names: ask it, never put a path in an argument."""
 
 
 class Profile(abc.ABC):
@@ -28,6 +33,8 @@ class Profile(abc.ABC):
     """
 
     name: ClassVar[str]
+    confinement: Confinement | None = None
+    """How the profile's helpers (swtpm) are confined; set from the machine configuration."""
     serial_roles: ClassVar[tuple[str, ...]] = ("console",)
     requires_kvm: ClassVar[bool] = False
 
@@ -68,6 +75,16 @@ class Profile(abc.ABC):
     @abc.abstractmethod
     def cpu_model(self, accel: str) -> str:
         """The ``-cpu`` model for ``accel`` (``kvm`` or ``tcg``)."""
+
+    def backing_format(self, index: int) -> str:
+        """The format of base disk ``index`` (``qcow2`` or ``raw``, by its name)."""
+        return "qcow2" if self.base_disks[index].suffix == ".qcow2" else "raw"
+
+    def overlay_file(self, context: LaunchContext, index: int) -> str:
+        """The ``file=...`` part of the ``-drive`` of overlay ``index`` over its base disk."""
+        return context.files.overlay(
+            context.overlays[index], self.base_disks[index].resolve(), self.backing_format(index)
+        )
 
     @abc.abstractmethod
     def qemu_args(self, context: LaunchContext) -> list[str]:

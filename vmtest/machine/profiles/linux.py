@@ -22,7 +22,7 @@ KERNEL_ARGS = (
 
 
 class LinuxProfile(Profile):
-    """Boots ``image`` with ``-kernel``/``-initrd``: virtio disk, e1000 NIC, ISA pvpanic, VGA screen."""
+    """Boots ``image`` with ``-kernel``/``-initrd`` on q35: virtio disk, e1000 NIC, pvpanic, VGA screen."""
 
     name: ClassVar[str] = "linux"
 
@@ -65,15 +65,23 @@ class LinuxProfile(Profile):
         return " ".join([*KERNEL_ARGS, *shlex.split(self.append)])
 
     def qemu_args(self, context: LaunchContext) -> list[str]:
-        """Machine type, firmware-less direct kernel boot, disk, NIC, panic device and display."""
-        (overlay,) = context.overlays
+        """Machine type, firmware-less direct kernel boot, disk, NIC, panic device and display.
+
+        Only what the pipeline uses: the disk (the guest's scratch space), the NIC (SSH), pvpanic (a
+        panic reaches QMP) and the VGA screen (screenshots). q35 rather than ``pc``: no ISA floppy
+        controller, no PIIX IDE; ``vmport=off`` drops the VMware backdoor port (docs/SECURITY.md).
+        A failed disk write (the overlay reaching the file-size bound, a full host disk) pauses the
+        guest (``werror=stop``) so that the run ends naming it.
+        """
+        files = context.files
         return [
-            "-machine", "pc",
+            "-machine", "q35,vmport=off",
             "-cpu", self.cpu_model(context.accel),
-            "-kernel", str(self.image.kernel),
-            "-initrd", str(self.image.initrd),
+            "-kernel", files.readable(self.image.kernel),
+            "-initrd", files.readable(self.image.initrd),
             "-append", self.kernel_command_line(),
-            "-drive", f"file={overlay},if=virtio,format=qcow2,node-name=disk0,discard=unmap",
+            "-drive", f"{self.overlay_file(context, 0)},if=virtio,format=qcow2,node-name=disk0,discard=unmap,"
+                      "werror=stop",
             "-device", "e1000,netdev=net0,autonegotiation=off",  # link up at once: boots ~1 s faster
             "-device", "pvpanic",
             "-vga", "std",

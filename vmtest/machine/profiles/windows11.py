@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from vmtest.errors import AcceleratorError, ImageError, InfraError, QemuStartError
+from vmtest.machine.confine import Confinement
+from vmtest.machine.hostfiles import HostFiles, qemu_path
 from vmtest.machine.kvm_caps import kvm_has_hyperv
 from vmtest.machine.process import spawn_bound_to_parent
 from vmtest.machine.profiles.base import LaunchContext, Profile
@@ -104,30 +106,31 @@ def tpm_socket(run_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / f"vmtest-swtpm-{digest}" / "swtpm.sock"
 
 
-def _private_folder(folder: Path) -> None:
-    """Create ``folder`` 0700 for this user, or accept it only if it already is exactly that."""
+def _private_folder(folder: Path, owner: int) -> None:
+    """Create ``folder`` 0700 for ``owner``, or accept it only if it already is exactly that."""
     try:
         folder.mkdir(mode=0o700)
+        if owner != os.getuid():
+            os.chown(folder, owner, -1)
     except FileExistsError:
         info = folder.lstat()
-        if (
-            not stat.S_ISDIR(info.st_mode)
-            or info.st_uid != os.getuid()
-            or stat.S_IMODE(info.st_mode) != 0o700
-        ):
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != owner or stat.S_IMODE(info.st_mode) != 0o700:
             raise InfraError(
-                f"{folder} exists and is not a private folder of this user", phase="boot"
+                f"{folder} exists and is not a private folder of uid {owner}", phase="boot"
             ) from None
 
 
-def _qemu_path(path: Path) -> str:
-    """A path as a QEMU option value: commas are doubled so they cannot start another option."""
-    return str(path).replace(",", ",,")
+def _give(tree: Path, owner: int) -> None:
+    """Make ``tree`` (a folder vmtest just made) belong to ``owner``: swtpm writes its state there."""
+    for folder, _, names in os.walk(tree):
+        os.chown(folder, owner, -1)
+        for name in names:
+            os.chown(os.path.join(folder, name), owner, -1)
 
 
-def _cdrom(path: Path, drive: str) -> str:
+def _cdrom(files: HostFiles, path: Path, drive: str) -> str:
     """The ``-drive`` value of a read-only ISO for an ``ide-cd`` device (§1.5)."""
-    return f"file={_qemu_path(path)},if=none,id={drive},media=cdrom,readonly=on,format=raw"
+    return f"file={files.image(path, writable=False)},if=none,id={drive},media=cdrom,readonly=on,format=raw"
 
 
 class Windows11Profile(Profile):
@@ -262,17 +265,18 @@ class Windows11Profile(Profile):
         """The Windows machine; each flag's source is the windows11-vm.md section named beside it."""
         self.check_accelerator(context.accel)
         self._warn_about_hyperv(context.accel)
-        disk, efivars = context.overlays[:2]
+        files = context.files
         args = [
-            "-machine", "q35",                                              # §1.1
+            "-machine", "q35,vmport=off",                                   # §1.1; no VMware port
             "-cpu", self.cpu_model(context.accel),                          # §1.4; python-apis §2.3
             "-global", "ICH9-LPC.disable_s3=1",                             # §1.13: no S3/S4 sleep
             "-global", "ICH9-LPC.disable_s4=1",
             "-drive", "if=pflash,format=raw,unit=0,readonly=on,"            # §1.2: no Secure Boot
-                      f"file={_qemu_path(self.hardware.ovmf_code)}",
+                      f"file={files.image(self.hardware.ovmf_code, writable=False)}",
             "-drive", "if=pflash,format=qcow2,unit=1,node-name=efivars,"    # §1.11, §7: qcow2 VARS
-                      f"file={_qemu_path(efivars)}",
-            "-drive", f"file={_qemu_path(disk)},if=none,id=hd0,format=qcow2,node-name=disk0,discard=unmap",
+                      f"{self.overlay_file(context, 1)},werror=stop",
+            "-drive", f"{self.overlay_file(context, 0)},if=none,id=hd0,format=qcow2,node-name=disk0,"
+                      "discard=unmap,werror=stop",
             "-device", "ide-hd,drive=hd0,bus=ide.0,bootindex=1",           # §1.5: AHCI
             "-device", "e1000e,netdev=net0",                                # §1.6
             "-device", "qemu-xhci",                                         # §1.13, §1.15
@@ -285,7 +289,7 @@ class Windows11Profile(Profile):
         if self.hardware.tpm is not None:
             socket = tpm_socket(context.run_dir)
             args += [
-                "-chardev", f"socket,id=chrtpm,path={_qemu_path(socket)}",  # §1.3
+                "-chardev", f"socket,id=chrtpm,path={qemu_path(socket)}",  # §1.3
                 "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
                 "-device", f"{self.hardware.tpm.model},tpmdev=tpm0",
             ]  # fmt: skip
@@ -331,22 +335,30 @@ class Windows11Profile(Profile):
         swtpm = shutil.which("swtpm")
         if swtpm is None:
             raise QemuStartError("swtpm is not installed; `apt-get install swtpm swtpm-tools`", phase="boot")
+        confinement = self.confinement or Confinement.default()
+        owner = confinement.run_as.uid if confinement.run_as is not None else os.getuid()
         socket = tpm_socket(run_dir)
-        _private_folder(socket.parent)
+        _private_folder(socket.parent, owner)
         socket.unlink(missing_ok=True)  # left over by a killed run
         self._socket = socket
         state = run_dir / TPM_STATE
         if tpm.state is not None and tpm.state.is_dir():
             shutil.copytree(tpm.state, state)
         state.mkdir(parents=True, exist_ok=True)
+        if owner != os.getuid():
+            _give(state, owner)
+        # swtpm runs as QEMU's user, which cannot reach the run directory: it starts in its state
+        # folder (entered before the change of user) and logs to its standard output (swtpm.log).
         args = [
             swtpm, "socket", "--tpm2", "--terminate",
-            "--tpmstate", f"dir={state}",
+            "--tpmstate", "dir=.",
             "--ctrl", f"type=unixio,path={socket}",
-            "--log", f"file={run_dir / 'swtpm.log'},level=20",
+            "--log", "fd=1,level=20",
         ]  # fmt: skip
-        log.info("starting swtpm: %s", " ".join(args))
-        self._swtpm = await spawn_bound_to_parent(args, log=run_dir / "swtpm.log")
+        log.info("starting swtpm in %s: %s", state, " ".join(args))
+        self._swtpm = await spawn_bound_to_parent(
+            args, log=run_dir / "swtpm.log", confinement=confinement, cwd=state
+        )
         await self._wait_for_socket(socket)
 
     async def _wait_for_socket(self, socket: Path) -> None:
@@ -402,9 +414,9 @@ class Windows11InstallerProfile(Windows11Profile):
         """The Windows machine, two CD-ROMs on the AHCI controller, and reboots that really reboot."""
         return [
             *super().qemu_args(context),
-            "-drive", _cdrom(self.windows_iso, "cd0"),
+            "-drive", _cdrom(context.files, self.windows_iso, "cd0"),
             "-device", "ide-cd,drive=cd0,bus=ide.1,bootindex=2",             # §1.5, §1.15
-            "-drive", _cdrom(self.answer_iso, "cd1"),
+            "-drive", _cdrom(context.files, self.answer_iso, "cd1"),
             "-device", "ide-cd,drive=cd1,bus=ide.2",                         # §2.1: Autounattend.xml
             # Setup reboots several times; this overrides the machine's reboot=shutdown (the last
             # -action wins, checked on QEMU 7.2).
