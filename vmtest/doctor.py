@@ -389,6 +389,8 @@ def _check_images(config: VmtestConfig) -> list[Check]:
 
 def run_checks(config: VmtestConfig) -> list[Check]:
     """Every check, in the order a person would fix them."""
+    from vmtest.doctor_warm import warm_store_checks  # it builds on Check, defined here
+
     windows_tool: Severity = "warning" if _is_windows(config) else "info"
     return [
         _check_qemu(config.machine.qemu),
@@ -399,6 +401,7 @@ def run_checks(config: VmtestConfig) -> list[Check]:
         _check_program("swtpm", "swtpm swtpm-tools", windows_tool, "the TPM of Windows guests"),
         _check_program("xorriso", "xorriso", windows_tool, "building Windows images"),
         *_check_disk_space(config),
+        *warm_store_checks(config),
         *_check_images(config),
     ]
 

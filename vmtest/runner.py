@@ -85,8 +85,16 @@ class ScenarioRunner:
             self._checkpoint()
 
     def reset(self) -> None:
-        """Return the guest to its snapshot: clean, logged in, and with the driver if it was deployed."""
-        self.background.run(self.background.session.restore(), self.config.timeouts.boot + 60)
+        """Return the guest to its snapshot: clean, logged in, and with the driver if it was deployed.
+
+        From a mapped warm entry the reset is a new QEMU restored from it (~0.1 s), and the driver is
+        copied in again; otherwise the VM returns to the snapshot taken after the deploy.
+        """
+        session = self.background.session
+        self.background.run(session.restore(), self.config.timeouts.boot + 60)
+        if session.restarts_from_entry and self._driver is not None:
+            self._driver = None
+            self.deploy()
 
     def deploy(self) -> DeployedDriver:
         """Copy the driver into the guest (once), and snapshot that state for :meth:`reset`."""
@@ -97,7 +105,8 @@ class ScenarioRunner:
             self._driver = self.background.call(
                 self.guest.drivers.deploy, package, timeout=timeout, what="deploy"
             )
-            self._checkpoint()
+            if not session.restarts_from_entry:  # a restart from the entry is faster than a checkpoint
+                self._checkpoint()
         return self._driver
 
     def _checkpoint(self) -> None:
