@@ -206,3 +206,13 @@ def test_doctor_warns_when_the_store_has_no_room_for_the_ram_file(tmp_path: Path
     _, store = warm_store_checks(doctor_config(tmp_path, 1024 * 1024))  # a 1 TiB guest
     assert not store.ok and store.severity == "warning" and "not enough" in store.detail
     assert "machine.warm_store" in store.fix
+
+
+def test_the_probes_answer_is_kept_for_later_processes(tmp_path: Path) -> None:
+    qemu = find_qemu("qemu-system-x86_64")
+    assert mapping_support(qemu, tmp_path) is None
+    (answers,) = json.loads((tmp_path / "qemu-mapping.json").read_text()).items()
+    assert answers[0].startswith(str(Path(qemu).resolve())) and answers[1] is None
+    stamp = answers[0]
+    (tmp_path / "qemu-mapping.json").write_text(json.dumps({stamp: "remembered reason"}))
+    assert mapping_support(qemu, tmp_path) == "remembered reason"  # not asked again

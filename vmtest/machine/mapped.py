@@ -66,6 +66,7 @@ from vmtest.machine.snapshots import SnapshotError, WarmKey, warm_key
 __all__ = [
     "KIND",
     "RAM_FILE",
+    "RAM_ID",
     "STATE_FILE",
     "MappedMachine",
     "MappedWarm",
@@ -84,6 +85,7 @@ FORMAT = 1
 RAM_FILE = "ram"
 STATE_FILE = "state"
 MANIFEST = "warm.json"
+PROBE_FILE = "qemu-mapping.json"
 RAM_ID = "vmtest-ram"
 _STATE_FD = "vmtest-state"
 _PROBE_TIMEOUT = 30.0
@@ -109,11 +111,37 @@ def memory_args(ram: Path, size_mib: int, *, shared: bool) -> list[str]:
 # ------------------------------------------------------------------------------------------ support
 
 
-def mapping_support(qemu: str) -> str | None:
-    """None if ``qemu`` can save and restore by mapping; else why not (asked once per QEMU binary)."""
+def mapping_support(qemu: str, cache: Path | None = None) -> str | None:
+    """None if ``qemu`` can save and restore by mapping; else why not.
+
+    QEMU is asked once per binary (path, size, time); with ``cache`` (a folder) the answer is kept in
+    ``cache/qemu-mapping.json`` too, so that a later process does not start QEMU to ask again.
+    """
     binary = Path(qemu).resolve()
     info = binary.stat()
-    return _probe(binary, info.st_size, info.st_mtime_ns)
+    stamp = f"{binary}|{info.st_size}|{info.st_mtime_ns}"
+    known = _read_answers(cache)
+    if stamp in known:
+        answer = known[stamp]
+        return answer if isinstance(answer, str) else None
+    reason = _probe(binary, info.st_size, info.st_mtime_ns)
+    if cache is not None:
+        with contextlib.suppress(OSError):
+            cache.mkdir(parents=True, exist_ok=True)
+            work = cache / f".{PROBE_FILE}.{secrets.token_hex(4)}"
+            work.write_text(json.dumps({**known, stamp: reason}), encoding="utf-8")
+            os.replace(work, cache / PROBE_FILE)
+    return reason
+
+
+def _read_answers(cache: Path | None) -> dict[str, Any]:
+    if cache is None:
+        return {}
+    try:
+        answers = json.loads((cache / PROBE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return answers if isinstance(answers, dict) else {}
 
 
 @functools.lru_cache(maxsize=8)
@@ -319,7 +347,7 @@ class MappedWarm:
         """Look up ``template``'s entry under ``root``; None (reason logged) if mapping cannot be used."""
         if not template.profile.snapshot_nodes:
             return None
-        reason = mapping_support(find_qemu(template.config.qemu))
+        reason = mapping_support(find_qemu(template.config.qemu), root)
         if reason is not None:
             log.warning(
                 "warm starts by mapping the RAM are not available (%s); using snapshot copies", reason
