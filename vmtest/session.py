@@ -189,10 +189,11 @@ class VmSession:
         assert isinstance(machine, MappedMachine)
         await load_device_state(machine, machine.entry / STATE_FILE, timeout=self.config.timeouts.boot)
 
-    async def _abandon(self, machine: Machine) -> None:
-        """End ``machine`` at once and restart the profile's helpers (swtpm ends with its QEMU)."""
+    async def _abandon(self, machine: Machine, *, kill: bool = True) -> None:
+        """End ``machine`` (at once, or with ``quit``); restart the helpers (swtpm ends with QEMU)."""
         await self._stop_sources()
-        machine.kill_now()
+        if kill:
+            machine.kill_now()
         await machine.shutdown()
         self.machine = None
         await machine.profile.stop_helpers()
@@ -216,7 +217,7 @@ class VmSession:
                 mapped.release()
                 await machine.monitor.execute("cont")
                 return
-            await self._abandon(machine)  # stopped after the save: no guest to power off
+            await self._abandon(machine, kill=False)  # stopped after the save: it ends with quit
             try:
                 await asyncio.to_thread(mapped.publish, machine, state)
             except (SnapshotError, OSError) as error:

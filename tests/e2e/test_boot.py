@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from vmtest.config.models import LinuxGuestConfig, VmtestConfig
+from vmtest.config.models import LinuxGuestConfig, MachineConfig, VmtestConfig
 from vmtest.errors import GuestCrashed, InfraError, MachineExited
 from vmtest.images.linux import LinuxImage, build_linux_image
 from vmtest.progress import PlainProgress
@@ -41,8 +41,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def config_for(tmp_path: Path, image: LinuxImage, append: str = "") -> VmtestConfig:
-    return VmtestConfig(artifacts=tmp_path, guest=LinuxGuestConfig(image=image.root, append=append))
+def config_for(
+    tmp_path: Path, image: LinuxImage, append: str = "", *, clean_shutdown: bool = False
+) -> VmtestConfig:
+    return VmtestConfig(
+        artifacts=tmp_path,
+        guest=LinuxGuestConfig(image=image.root, append=append),
+        machine=MachineConfig(clean_shutdown=clean_shutdown),
+    )
 
 
 def qemu_alive(pid: int) -> bool:
@@ -61,7 +67,8 @@ def test_boot_ready_screenshot_and_clean_shutdown(
     tmp_path: Path, image: LinuxImage, base_disk_hash: str
 ) -> None:
     async def scenario() -> tuple[VmSession, Path | None, int]:
-        async with VmSession(config_for(tmp_path, image), PlainProgress()) as session:
+        config = config_for(tmp_path, image, clean_shutdown=True)
+        async with VmSession(config, PlainProgress()) as session:
             assert session.machine is not None
             shot = await session.screenshot("ready")
             pid = session.machine.process.pid if session.machine.process else -1
@@ -79,6 +86,19 @@ def test_boot_ready_screenshot_and_clean_shutdown(
     assert image.ready_marker in serial.read_text(errors="replace")
     assert "Linux version" in serial.read_text(errors="replace")
     assert '"event": "SHUTDOWN"' in (run / "qmp-events.jsonl").read_text()
+
+
+def test_a_throwaway_vm_ends_with_quit_not_the_power_off_ladder(tmp_path: Path, image: LinuxImage) -> None:
+    async def scenario() -> VmSession:
+        async with VmSession(config_for(tmp_path, image), PlainProgress()) as session:
+            pass
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.shutdown_report is not None
+    assert session.shutdown_report.step == "QMP quit" and session.shutdown_report.returncode == 0
+    events = (session.run_dir.path / "qmp-events.jsonl").read_text()
+    assert '"reason": "host-qmp-quit"' in events and "POWERDOWN" not in events
 
 
 def test_guest_panic_is_reported_as_a_crash_with_logs(
