@@ -379,3 +379,30 @@ def test_two_vms_give_the_verdicts_of_one_without_collisions(
         assert f"127.0.0.1:{port} -> guest port 22" in log
         assert f"127.0.0.1:{other} -> guest port 22" not in log  # each VM's log is its own
         assert os.stat(child).st_mode & 0o777 == 0o700
+
+
+# --------------------------------------------------------------------------------------- old QEMU
+
+
+def test_a_qemu_that_cannot_map_uses_snapshot_copies_and_says_why(
+    config: VmtestConfig, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = "QEMU has no x-ignore-shared migration capability"
+    monkeypatch.setattr("vmtest.machine.mapped.mapping_support", lambda qemu, cache=None: reason)
+
+    async def session() -> VmSession:
+        async with VmSession(config, PlainProgress(), label="old-qemu") as started:
+            guest = await started.connect()
+            sh(guest, "touch /tmp/after-snapshot")
+            await started.restore()
+            assert "after-snapshot" not in sh(guest, "ls /tmp")
+        return started
+
+    first, second = asyncio.run(session()), asyncio.run(session())
+    for started in (first, second):
+        log = started.run_dir.vmtest_log.read_text()
+        assert f"warm starts by mapping the RAM are not possible ({reason}); using snapshot copies" in log
+        assert "snapshot-load 'vmtest-warm' done" in log
+    assert "warm snapshot saved for later runs" in first.run_dir.vmtest_log.read_text()
+    assert second.restored and not second.restarts_from_entry
+    assert list((cache / "warm").glob("*/*/disk0.qcow2"))  # the copy-based entry
