@@ -122,7 +122,7 @@ async def saved_guest(config: VmtestConfig, fill_mib: int) -> Path:
             await asyncio.to_thread(guest.transport.wait_ready, 120)
             script = (
                 f"mkdir -p /fill && mount -t tmpfs -o size={fill_mib + 64}m none /fill && "
-                f"tr '\\000' '\\252' < /dev/zero | head -c {fill_mib}M > /fill/data && sync"
+                f"tr '\\000' '\\252' < /dev/zero | head -c {fill_mib << 20} > /fill/data && sync"
             )
             result = await asyncio.to_thread(guest.transport.run, ["sh", "-c", script], timeout=1800)
             result.check("filling the guest's memory")
