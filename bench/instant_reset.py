@@ -45,7 +45,7 @@ from warm_vs_cold import (
     write_results,
 )
 
-from vmtest.config.models import LinuxGuestConfig, MachineConfig, VmtestConfig
+from vmtest.config.models import LinuxGuestConfig, MachineConfig, Timeouts, VmtestConfig
 from vmtest.guest.banner import wait_for_ssh_banner
 from vmtest.guest.connect import guest_for
 from vmtest.images.linux import LinuxImage
@@ -99,7 +99,11 @@ class OldPathMachine(WarmMachine):
 def config_for(image: LinuxImage, work: Path, accel: str, memory_mib: int) -> VmtestConfig:
     """The self-test guest with ``memory_mib`` of memory."""
     machine = MachineConfig(accel=accel, memory_mib=memory_mib)
-    return VmtestConfig(artifacts=work / "runs", guest=LinuxGuestConfig(image=image.root), machine=machine)
+    # The old path's snapshot-load of gigabytes can keep QMP from answering for longer than the default.
+    timeouts = Timeouts(qmp_command=300)
+    return VmtestConfig(
+        artifacts=work / "runs", guest=LinuxGuestConfig(image=image.root), machine=machine, timeouts=timeouts
+    )
 
 
 async def saved_guest(config: VmtestConfig, fill_mib: int) -> Path:
