@@ -401,7 +401,7 @@ def test_a_qemu_that_cannot_map_uses_snapshot_copies_and_says_why(
     first, second = asyncio.run(session()), asyncio.run(session())
     for started in (first, second):
         log = started.run_dir.vmtest_log.read_text()
-        assert f"warm starts by mapping the RAM are not possible ({reason}); using snapshot copies" in log
+        assert f"warm starts by mapping the RAM are not available ({reason}); using snapshot copies" in log
         assert "snapshot-load 'vmtest-warm' done" in log
     assert "warm snapshot saved for later runs" in first.run_dir.vmtest_log.read_text()
     assert second.restored and not second.restarts_from_entry
