@@ -270,6 +270,13 @@ def memory_row(name: str, one: dict[str, float], four: dict[str, float]) -> list
     ]
 
 
+def run_command(name: str, command: list[str], env: dict[str, str]) -> None:
+    """Run one ``vmtest run``; on failure raise with the end of what it printed."""
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} exited {result.returncode}:\n{result.stderr[-3000:]}")
+
+
 def whole_runs(image: LinuxImage, work: Path, accel: str, repeat: int) -> dict[str, float]:
     """Median wall seconds of ``vmtest run`` for one scenario: cold, warm old path, warm new path."""
     module = test_module(image, work)
@@ -283,12 +290,12 @@ def whole_runs(image: LinuxImage, work: Path, accel: str, repeat: int) -> dict[s
         "warm (new path)": [sys.executable, "-m", "vmtest.cli", *common, "--warm"],
     }
     for name in ("warm (old path)", "warm (new path)"):  # the first run of each makes its entry
-        subprocess.run(commands[name], env=env, check=True, capture_output=True, timeout=900)
+        run_command(name, commands[name], env)
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(repeat):
         for name, command in commands.items():
             started = time.monotonic()
-            subprocess.run(command, env=env, check=True, capture_output=True, timeout=900)
+            run_command(name, command, env)
             times[name].append(time.monotonic() - started)
     return {name: median(values) for name, values in times.items()}
 
