@@ -254,6 +254,7 @@ def run_checks(config: VmtestConfig) -> list[Check]:
     from vmtest.doctor_confinement import confinement_checks
     from vmtest.doctor_host import host_checks
     from vmtest.doctor_image import image_checks
+    from vmtest.doctor_warm import warm_store_checks  # it builds on Check, defined here
 
     windows_tool: Severity = "warning" if _is_windows(config) else "info"
     return [
@@ -266,6 +267,7 @@ def run_checks(config: VmtestConfig) -> list[Check]:
         *_check_disk_space(config),
         *image_checks(config),
         *confinement_checks(config),
+        *warm_store_checks(config),
     ]
 
 

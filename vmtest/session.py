@@ -32,6 +32,16 @@ from vmtest.images.linux import default_cache_root
 from vmtest.machine.accel import resolve_accelerator
 from vmtest.machine.confine import Confinement
 from vmtest.machine.machine import Machine, ShutdownReport
+from vmtest.machine.mapped import (
+    RAM_FILE,
+    STATE_FILE,
+    MappedMachine,
+    MappedWarm,
+    SavingMachine,
+    load_device_state,
+    save_device_state,
+    store_root,
+)
 from vmtest.machine.ports import LOOPBACK
 from vmtest.machine.process import find_qemu
 from vmtest.machine.profiles import Profile, profile_for
@@ -64,7 +74,8 @@ class VmSession:
     """Boots the configured guest, waits until it is ready, and always shuts it down.
 
     With ``machine.warm`` it starts from the per-image snapshot of the ready guest instead (made by the
-    first cold boot, see :mod:`vmtest.machine.snapshots`), and :meth:`restore` returns to it.
+    first cold boot, see :mod:`vmtest.machine.mapped`, or :mod:`vmtest.machine.snapshots` where QEMU
+    cannot map it), and :meth:`restore` returns to it.
     """
 
     def __init__(self, config: VmtestConfig, progress: Progress, *, label: str = "run") -> None:
@@ -88,6 +99,8 @@ class VmSession:
         """Whether the running guest came from a snapshot (its clock needs setting after login)."""
         self._warm: WarmStart | None = None
         self._warm_deferred = False
+        self._mapped: MappedWarm | None = None
+        self._at_entry = False
 
     @contextmanager
     def step(self, phase: str, description: str) -> Iterator[None]:
@@ -134,22 +147,110 @@ class VmSession:
         self._profile = profile
         await profile.start_helpers(self.run_dir.path)
         machine = Machine(profile, config.machine, config.timeouts, self.run_dir, accel=accel)
+        machine.throwaway = not config.machine.clean_shutdown  # its disk is a run's overlay
         if config.machine.warm:
             setup = guest_setup(config)
-            self._warm = await asyncio.to_thread(WarmStart.prepare, machine, default_cache_root(), setup)
-            if self._warm is not None and self._warm.entry is not None and await self._boot_warm(self._warm):
-                return
-        self.machine = machine
-        with self.step("boot", f"starting QEMU ({profile.describe()} guest)"):
-            await machine.start(prelaunch=self._attach_capture)
-        with self.step("ready", "waiting for the guest to be ready"):
-            await self._wait_ready(machine)
-        if self._warm is not None:
+            root = store_root(config.machine, default_cache_root())
+            # The mapped store snapshots the guest at ready; a set-up guest (Driver Verifier on, rebooted)
+            # is snapshotted later, which only the copy-based store does (see save_warm).
+            if not setup:
+                self._mapped = await asyncio.to_thread(MappedWarm.prepare, machine, root)
+            else:
+                log.info(
+                    "warm start with a guest set up after boot (%s): the copy-based store", ", ".join(setup)
+                )
+            if self._mapped is not None:
+                if self._mapped.entry is not None and await self._boot_mapped():
+                    return
+                machine = self._mapped.cold_machine()
+            else:
+                self._warm = await asyncio.to_thread(WarmStart.prepare, machine, default_cache_root(), setup)
+                if (
+                    self._warm is not None
+                    and self._warm.entry is not None
+                    and await self._boot_warm(self._warm)
+                ):
+                    return
+        await self._boot_cold(machine)
+        if isinstance(machine, SavingMachine):
+            await self._make_entry(machine)
+        elif self._warm is not None:
             if guest_setup(config):  # the snapshot is taken once the guest is set up (see save_warm)
                 self._warm_deferred = True
                 return
             with self.step("snapshot", "saving a snapshot of the ready guest"):
                 self.snapshot = await self._warm.checkpoint(machine, config.timeouts.boot)
+
+    async def _boot_cold(self, machine: Machine) -> None:
+        self.machine = machine
+        with self.step("boot", f"starting QEMU ({machine.profile.describe()} guest)"):
+            await machine.start(prelaunch=self._attach_capture)
+        with self.step("ready", "waiting for the guest to be ready"):
+            await self._wait_ready(machine)
+
+    async def _boot_mapped(self, ports: dict[str, int] | None = None) -> bool:
+        """Restore the mapped warm entry; on failure stop that VM, log why, and return False (boot cold)."""
+        assert self._mapped is not None
+        machine = self._mapped.restore_machine(ports)
+        self.machine = machine
+        try:
+            with self.step("restore", "starting from the warm snapshot"):
+                await machine.start(prelaunch=self._attach_capture_and_load)
+            with self.step("ready", "waiting for the restored guest"):
+                await self._wait_ready(machine, restored=True)
+        except InfraError as error:
+            await self._abandon(machine)
+            await asyncio.to_thread(self._mapped.failed, error)
+            return False
+        self.snapshot = WARM_TAG
+        self._at_entry = True
+        self.restored = True
+        return True
+
+    async def _attach_capture_and_load(self, machine: Machine) -> None:
+        await self._attach_capture(machine)
+        assert isinstance(machine, MappedMachine)
+        await load_device_state(machine, machine.entry / STATE_FILE, timeout=self.config.timeouts.boot)
+
+    async def _abandon(self, machine: Machine, *, kill: bool = True) -> None:
+        """End ``machine`` (at once, or with ``quit``); restart the helpers (swtpm ends with QEMU)."""
+        await self._stop_sources()
+        if kill:
+            machine.kill_now()
+        await machine.shutdown()
+        self.machine = None
+        await machine.profile.stop_helpers()
+        await machine.profile.start_helpers(self.run_dir.path)
+
+    async def _make_entry(self, machine: SavingMachine) -> None:
+        """Save the ready guest into the mapped store and continue this run from the entry.
+
+        The saving VM ends right after the save, so nothing writes its RAM file any more; then the entry
+        is published. If a step fails the run goes on without an entry (from a new cold boot if needed).
+        """
+        assert self._mapped is not None
+        mapped = self._mapped
+        state = self.run_dir.path / STATE_FILE
+        ports = dict(machine.forwards)
+        with self.step("snapshot", "saving the ready guest for later runs"):
+            try:
+                await save_device_state(machine, state, timeout=self.config.timeouts.boot)
+            except SnapshotError as error:
+                log.warning("the warm snapshot was not saved: %s", error)
+                mapped.release()
+                await machine.monitor.execute("cont")
+                return
+            await self._abandon(machine, kill=False)  # stopped after the save: it ends with quit
+            try:
+                await asyncio.to_thread(mapped.publish, machine, state)
+            except (SnapshotError, OSError) as error:
+                log.warning("the warm snapshot was not published: %s", error)
+            finally:
+                mapped.release()
+        if mapped.entry is None or not await self._boot_mapped(ports):
+            log.warning("continuing this run from a new cold boot")
+            mapped.release()
+            await self._boot_cold(mapped.template)
 
     async def save_warm(self) -> None:
         """Save the warm snapshot held back until the guest was set up (Driver Verifier on, rebooted)."""
@@ -282,16 +383,22 @@ class VmSession:
         with self.step("capture", "starting DebugView in the guest"):
             await self.add_source(source)
 
+    @property
+    def restarts_from_entry(self) -> bool:
+        """Whether :meth:`restore` restarts QEMU from the mapped warm entry (what a checkpoint replaces)."""
+        return self._at_entry
+
     async def checkpoint(self) -> None:
         """Snapshot the guest as it is now, in this run's disks only, for :meth:`restore` to return to."""
         machine = self._require_machine()
         timeout = self.config.timeouts.boot
         with self.step("snapshot", "saving a snapshot of the guest"):
-            if self.snapshot is not None:  # snapshot-save does not replace a snapshot of the same name
+            if self.snapshot is not None and not self._at_entry:  # snapshot-save does not replace one
                 await delete_snapshot(machine, self.snapshot, timeout=timeout)
                 self.snapshot = None
             await save_snapshot(machine, WARM_TAG, timeout=timeout)
         self.snapshot = WARM_TAG
+        self._at_entry = False
 
     async def restore(self) -> None:
         """Return the guest to its snapshot (RAM, devices, disks: a clean guest) and log in again.
@@ -308,7 +415,10 @@ class VmSession:
                 artifacts=self.run_dir.path,
             )
         with self.step("restore", "returning the guest to its snapshot"):
-            await load_snapshot(machine, self.snapshot, timeout=self.config.timeouts.boot)
+            if self._at_entry:
+                await self._restart_from_entry(machine)
+            else:
+                await load_snapshot(machine, self.snapshot, timeout=self.config.timeouts.boot)
             self.restored = True
             if self.guest is not None:
                 transport = self.guest.transport
@@ -317,6 +427,26 @@ class VmSession:
                     transport.wait_ready, WARM_READY, timeout=WARM_READY + 5, what="logging in again"
                 )
                 await self._set_clock(self.guest)
+
+    async def _restart_from_entry(self, machine: Machine) -> None:
+        """End this QEMU (``quit``) and restore the mapped entry in a new one, on the same host ports."""
+        assert self._mapped is not None
+        ports = dict(machine.forwards)
+        await self._stop_sources()
+        await machine.shutdown()
+        await machine.profile.stop_helpers()
+        await machine.profile.start_helpers(self.run_dir.path)
+        restored = self._mapped.restore_machine(ports)
+        self.machine = restored
+        await restored.start(prelaunch=self._attach_capture_and_load)
+        await self._wait_ready(restored, restored=True)
+        if self.guest is not None and restored.forwards != ports:
+            transport = self.guest.transport
+            if isinstance(transport, SshTransport) and "ssh" in restored.forwards:
+                transport.port = restored.forwards["ssh"]
+            access = access_for(self.config, restored.profile, restored.forwards)
+            if access is not None:
+                access.write(self.run_dir.path)
 
     async def _set_clock(self, guest: Guest) -> None:
         transport = guest.transport
@@ -393,9 +523,12 @@ class VmSession:
         finally:
             if self._warm is not None:
                 self._warm.release()
+            if self._mapped is not None:
+                self._mapped.release()
+            (self.run_dir.path / RAM_FILE).unlink(missing_ok=True)  # a RAM file no entry took
             if self.machine is not None:
                 self.machine.kill_now()
-                if self.snapshot is not None:
+                if self.snapshot is not None and not self._at_entry:  # a mapped run's overlay holds no RAM
                     remove_disk_copies(self.machine)
             self.capture.close()
             logging.getLogger("vmtest").removeHandler(self._log_handler)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from vmtest.config.models import LinuxGuestConfig, VmtestConfig
+from vmtest.config.models import LinuxGuestConfig, MachineConfig, VmtestConfig
 from vmtest.errors import GuestCrashed, InfraError, MachineExited
 from vmtest.facade import BackgroundSession
 from vmtest.images.linux import LinuxImage, build_linux_image
@@ -38,8 +38,14 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def config_for(tmp_path: Path, image: LinuxImage, append: str = "") -> VmtestConfig:
-    return VmtestConfig(artifacts=tmp_path, guest=LinuxGuestConfig(image=image.root, append=append))
+def config_for(
+    tmp_path: Path, image: LinuxImage, append: str = "", *, clean_shutdown: bool = False
+) -> VmtestConfig:
+    return VmtestConfig(
+        artifacts=tmp_path,
+        guest=LinuxGuestConfig(image=image.root, append=append),
+        machine=MachineConfig(clean_shutdown=clean_shutdown),
+    )
 
 
 def qemu_alive(pid: int) -> bool:
@@ -56,7 +62,8 @@ def qemu_alive(pid: int) -> bool:
 
 def test_boot_ready_screenshot_and_clean_shutdown(tmp_path: Path, image: LinuxImage) -> None:
     async def scenario() -> tuple[VmSession, Path | None, int]:
-        async with VmSession(config_for(tmp_path, image), PlainProgress()) as session:
+        config = config_for(tmp_path, image, clean_shutdown=True)
+        async with VmSession(config, PlainProgress()) as session:
             assert session.machine is not None
             shot = await session.screenshot("ready")
             pid = session.machine.process.pid if session.machine.process else -1
@@ -74,6 +81,19 @@ def test_boot_ready_screenshot_and_clean_shutdown(tmp_path: Path, image: LinuxIm
     assert image.ready_marker in serial.read_text(errors="replace")
     assert "Linux version" in serial.read_text(errors="replace")
     assert '"event": "SHUTDOWN"' in (run / "qmp-events.jsonl").read_text()
+
+
+def test_a_throwaway_vm_ends_with_quit_not_the_power_off_ladder(tmp_path: Path, image: LinuxImage) -> None:
+    async def scenario() -> VmSession:
+        async with VmSession(config_for(tmp_path, image), PlainProgress()) as session:
+            pass
+        return session
+
+    session = asyncio.run(scenario())
+    assert session.shutdown_report is not None
+    assert session.shutdown_report.step == "QMP quit" and session.shutdown_report.returncode == 0
+    events = (session.run_dir.path / "qmp-events.jsonl").read_text()
+    assert '"reason": "host-qmp-quit"' in events and "POWERDOWN" not in events
 
 
 def test_guest_panic_is_reported_as_a_crash_with_logs(tmp_path: Path, image: LinuxImage) -> None:

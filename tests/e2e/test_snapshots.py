@@ -1,7 +1,8 @@
-"""Warm starts and restores on the real Linux self-test guest, and `vmtest run -j`.
+"""Warm starts and restores (by mapping the RAM file) on the real Linux self-test guest, and `-j`.
 
 Every test here uses a private cache (``VMTEST_CACHE``) for its warm snapshots, so the user's cache is
-never touched; the accelerator is chosen once, with the real cache, before that.
+never touched; the accelerator is chosen once, with the real cache, before that. Every QEMU here runs
+under the seccomp filter that forbids spawning processes, which the store must not need.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from vmtest.config.models import LinuxGuestConfig, MachineConfig, VmtestConfig
 from vmtest.guests import Guest
 from vmtest.images.linux import LinuxImage, build_linux_image, default_cache_root
 from vmtest.machine.accel import resolve_accelerator
+from vmtest.machine.mapped import RAM_FILE, STATE_FILE
 from vmtest.machine.process import find_qemu
 from vmtest.machine.snapshots import WARM_TAG, SnapshotError, delete_snapshot
 from vmtest.progress import PlainProgress
@@ -36,6 +38,7 @@ pytestmark = pytest.mark.e2e
 T = TypeVar("T")
 Warm = tuple["LoopThread", VmSession, Guest]
 SCENARIOS = "kmutex_contention,grt_errors"
+SANDBOX = ("-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
 
 
 class LoopThread:
@@ -93,24 +96,30 @@ def config(
     return VmtestConfig(
         artifacts=tmp_path_factory.mktemp("runs"),
         guest=LinuxGuestConfig(image=image.root),
-        machine=MachineConfig(accel=accel, warm=True),
+        machine=MachineConfig(accel=accel, warm=True, extra_args=SANDBOX),
     )
 
 
 @pytest.fixture(scope="module")
 def created(config: VmtestConfig, cache: Path, image: LinuxImage) -> tuple[Path, VmSession]:
-    """The first warm session: it boots cold, snapshots the ready guest and publishes the entry."""
+    """The first warm session: it boots cold, saves the ready guest, publishes the entry, goes on from it."""
     base = sha256(image.disk)
 
     async def first() -> VmSession:
         async with VmSession(config, PlainProgress(), label="create") as session:
-            assert not session.restored and session.snapshot == WARM_TAG
+            assert session.restored and session.restarts_from_entry and session.snapshot == WARM_TAG
         return session
 
     session = asyncio.run(first())
     assert sha256(image.disk) == base
     (manifest,) = (cache / "warm").glob("*/*/warm.json")
     return manifest.parent, session
+
+
+@pytest.fixture(scope="module")
+def ram_digest(created: tuple[Path, VmSession]) -> str:
+    """The entry's RAM file's digest right after it was made."""
+    return sha256(created[0] / RAM_FILE)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +143,9 @@ def sh(guest: Guest, script: str) -> str:
 def vmtest_run(tmp_path: Path, image: LinuxImage, accel: str, *args: str) -> subprocess.CompletedProcess[str]:
     tmp_path.mkdir(exist_ok=True)
     path = tmp_path / "vmtest.yaml"
-    path.write_text(f"guest:\n  kind: linux\n  image: {image.root}\nmachine:\n  accel: {accel}\n")
+    sandbox = json.dumps(list(SANDBOX))  # as the in-process sessions, so that they share the entry
+    machine = f"machine:\n  accel: {accel}\n  extra_args: {sandbox}\n"
+    path.write_text(f"guest:\n  kind: linux\n  image: {image.root}\n{machine}")
     command = [sys.executable, "-m", "vmtest.cli", "run", str(path), "--artifacts", str(tmp_path / "runs")]
     return subprocess.run([*command, *args], capture_output=True, text=True, timeout=600, cwd=tmp_path)
 
@@ -146,17 +157,51 @@ def statuses(stdout: str) -> dict[str, str]:
 # --------------------------------------------------------------------------------------- the entry
 
 
-def test_the_first_cold_boot_publishes_a_read_only_entry(created: tuple[Path, VmSession]) -> None:
+def test_the_first_cold_boot_publishes_a_frozen_entry(
+    created: tuple[Path, VmSession], image: LinuxImage, ram_digest: str
+) -> None:
     entry, session = created
-    disk = entry / "disk0.qcow2"
-    assert disk.stat().st_mode & 0o777 == 0o444
-    listing = subprocess.run(["qemu-img", "snapshot", "-l", str(disk)], capture_output=True, text=True)
-    assert WARM_TAG in listing.stdout
-    assert not session.run_dir.overlay(0).exists()  # the run's copy of the RAM state is not kept
-    assert "warm snapshot saved for later runs" in session.run_dir.vmtest_log.read_text()
+    for name in ("disk0.qcow2", STATE_FILE, "warm.json"):
+        assert (entry / name).stat().st_mode & 0o777 == 0o444
+    assert (entry / RAM_FILE).stat().st_size == 1024 << 20  # the whole memory, as a (sparse) file
+    info = json.loads(
+        subprocess.run(
+            ["qemu-img", "info", "--output=json", str(entry / "disk0.qcow2")], capture_output=True, text=True
+        ).stdout
+    )
+    assert Path(info["backing-filename"]) == image.disk.resolve()  # frozen layer over the base image
+    assert not (session.run_dir.path / RAM_FILE).exists()  # moved into the entry, not copied
+    log = session.run_dir.vmtest_log.read_text()
+    # The saving VM ended (quit) before the entry was published; the run went on from the entry.
+    assert log.index("device state saved") < log.index("QEMU stopped by QMP quit")
+    assert log.index("QEMU stopped by QMP quit") < log.index("warm snapshot saved for later runs")
+    assert log.index("warm snapshot saved for later runs") < log.index("device state loaded")
+    assert "-incoming defer" in log and "exec:" not in log
 
 
 # --------------------------------------------------------------------------------------- restores
+
+
+def test_a_restore_does_not_see_what_an_earlier_restore_wrote(warm: Warm) -> None:
+    loop, session, guest = warm
+    assert session.restarts_from_entry
+    for round_ in range(2):
+        listing = sh(guest, "ls /tmp /mnt/disk")
+        assert "vmtest-image" in listing and "after-snapshot" not in listing, round_
+        sh(guest, "echo dirty > /tmp/after-snapshot && echo dirty > /mnt/disk/after-snapshot && sync")
+        first = session.machine
+        loop.run(session.restore())
+        assert session.machine is not first  # a new QEMU, restored from the entry
+    assert "after-snapshot" not in sh(guest, "ls /tmp /mnt/disk")
+
+
+def test_the_ram_file_is_unchanged_by_runs_and_restores(
+    warm: Warm, created: tuple[Path, VmSession], ram_digest: str
+) -> None:
+    loop, session, guest = warm
+    sh(guest, "dd if=/dev/urandom of=/tmp/noise bs=1M count=64 2>/dev/null && sync")
+    loop.run(session.restore())
+    assert sha256(created[0] / RAM_FILE) == ram_digest
 
 
 def test_a_warm_start_restores_the_snapshot_and_sets_the_clock(
@@ -165,7 +210,8 @@ def test_a_warm_start_restores_the_snapshot_and_sets_the_clock(
     loop, session, guest = warm
     assert session.restored
     log = session.run_dir.vmtest_log.read_text()
-    assert "snapshot-load 'vmtest-warm' done" in log and "waiting for 'VMTEST-GUEST-READY'" not in log
+    assert "device state loaded" in log and "waiting for 'VMTEST-GUEST-READY'" not in log
+    # The checkpoint below replaces the entry as what restore() returns to (a snapshot in the run's disk).
     # Checkpoint with the guest's clock an hour slow: a restore that did not set it would keep it slow.
     sh(guest, f"date -u -s @{time.time() - 3600:.0f}")
     loop.run(session.checkpoint())
@@ -235,19 +281,18 @@ def run_log(tmp_path: Path) -> str:
 
 
 def assert_entry_is_usable(entry: Path) -> None:
-    listing = subprocess.run(
-        ["qemu-img", "snapshot", "-l", str(entry / "disk0.qcow2")], capture_output=True, text=True
-    )
-    assert WARM_TAG in listing.stdout
+    manifest = json.loads((entry / "warm.json").read_text())
+    assert manifest["ram"][0] == (entry / RAM_FILE).stat().st_size
+    assert (entry / STATE_FILE).read_bytes()[:4] == b"QEVM"  # a migration stream, made anew
 
 
 def test_a_corrupted_snapshot_falls_back_to_a_cold_boot(
     tmp_path: Path, created: tuple[Path, VmSession], image: LinuxImage, accel: str
 ) -> None:
     entry, _ = created
-    disk = entry / "disk0.qcow2"
-    disk.chmod(0o644)
-    disk.write_bytes(b"not a qcow2 image\n" * 1000)
+    state = entry / STATE_FILE
+    state.chmod(0o644)
+    state.write_bytes(b"not a migration stream\n" * 1000)
     result = vmtest_run(tmp_path, image, accel, "--warm", "--scenario", "kmutex_contention", "--json")
     assert result.returncode == 0, result.stderr
     assert "could not be restored" in run_log(tmp_path) and "booting cold" in result.stderr
@@ -258,14 +303,43 @@ def test_a_missing_snapshot_falls_back_to_a_cold_boot(
     tmp_path: Path, created: tuple[Path, VmSession], image: LinuxImage, accel: str
 ) -> None:
     entry, _ = created
-    disk = entry / "disk0.qcow2"
-    disk.chmod(0o644)
-    subprocess.run(["qemu-img", "snapshot", "-d", WARM_TAG, str(disk)], check=True)
+    (entry / STATE_FILE).unlink()
     result = vmtest_run(tmp_path, image, accel, "--warm", "--scenario", "kmutex_contention", "--json")
     assert result.returncode == 0, result.stderr
-    log = run_log(tmp_path)
-    assert "could not be restored" in log and f"Snapshot '{WARM_TAG}' does not exist" in log
+    assert "lacks state; booting cold, it will be replaced" in run_log(tmp_path)
     assert_entry_is_usable(entry)
+
+
+def test_concurrent_first_runs_publish_one_entry(tmp_path: Path, image: LinuxImage, accel: str) -> None:
+    store = tmp_path / "store"
+    config = tmp_path / "vmtest.yaml"
+    config.write_text(
+        f"guest:\n  kind: linux\n  image: {image.root}\n"
+        f"machine:\n  accel: {accel}\n  warm: true\n  warm_store: {store}\n"
+    )
+    runs = []
+    for name in ("a", "b"):
+        command = [
+            sys.executable,
+            "-m",
+            "vmtest.cli",
+            "run",
+            str(config),
+            "--artifacts",
+            str(tmp_path / name),
+        ]
+        command += ["--scenario", "kmutex_contention"]
+        runs.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    for run in runs:
+        _, errors = run.communicate(timeout=600)
+        assert run.returncode == 0, errors
+    assert len(list(store.glob("*/*/warm.json"))) == 1
+    assert not list(store.glob("*/.*.tmp-*"))
+    logs = [(next((tmp_path / name).iterdir()) / "vmtest.log").read_text() for name in ("a", "b")]
+    published = ["warm snapshot saved for later runs" in log for log in logs]
+    assert sorted(published) == [False, True]
+    other = logs[published.index(False)]
+    assert "another run is creating the warm snapshot" in other or "warm snapshot found" in other
 
 
 def test_a_stale_snapshot_is_replaced_after_a_cold_boot(
@@ -273,6 +347,7 @@ def test_a_stale_snapshot_is_replaced_after_a_cold_boot(
 ) -> None:
     entry, _ = created
     manifest = entry / "warm.json"
+    manifest.chmod(0o644)
     data = json.loads(manifest.read_text())
     data["key"]["qemu"]["version"] = "QEMU emulator version 0.1"  # as if QEMU had been upgraded since
     manifest.write_text(json.dumps(data))
@@ -306,3 +381,30 @@ def test_two_vms_give_the_verdicts_of_one_without_collisions(
         assert f"127.0.0.1:{port} -> guest port 22" in log
         assert f"127.0.0.1:{other} -> guest port 22" not in log  # each VM's log is its own
         assert os.stat(child).st_mode & 0o777 == 0o700
+
+
+# --------------------------------------------------------------------------------------- old QEMU
+
+
+def test_a_qemu_that_cannot_map_uses_snapshot_copies_and_says_why(
+    config: VmtestConfig, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reason = "QEMU has no x-ignore-shared migration capability"
+    monkeypatch.setattr("vmtest.machine.mapped.mapping_support", lambda qemu, cache=None: reason)
+
+    async def session() -> VmSession:
+        async with VmSession(config, PlainProgress(), label="old-qemu") as started:
+            guest = await started.connect()
+            sh(guest, "touch /tmp/after-snapshot")
+            await started.restore()
+            assert "after-snapshot" not in sh(guest, "ls /tmp")
+        return started
+
+    first, second = asyncio.run(session()), asyncio.run(session())
+    for started in (first, second):
+        log = started.run_dir.vmtest_log.read_text()
+        assert f"warm starts by mapping the RAM are not available ({reason}); using snapshot copies" in log
+        assert "snapshot-load 'vmtest-warm' done" in log
+    assert "warm snapshot saved for later runs" in first.run_dir.vmtest_log.read_text()
+    assert second.restored and not second.restarts_from_entry
+    assert list((cache / "warm").glob("*/*/disk0.qcow2"))  # the copy-based entry

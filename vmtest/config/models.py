@@ -109,6 +109,16 @@ class MachineConfig(_Strict):
         description="when vmtest runs as root, QEMU and swtpm run as this user (nobody if it does not exist)",
     )
     limits: MachineLimits = Field(default_factory=MachineLimits)
+    warm_store: ConfigPath | None = Field(
+        None,
+        description="where warm snapshots are kept (each holds a file as large as the guest's memory): a "
+        "filesystem with room for it, such as /dev/shm or a local disk; default: <cache>/warm",
+    )
+    clean_shutdown: bool = Field(
+        False,
+        description="power the guest off through ACPI at the end of a run instead of ending QEMU at once "
+        "(its disk is a throwaway overlay, so nothing is lost without it)",
+    )
 
 
 class Timeouts(_Strict):

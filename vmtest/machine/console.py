@@ -40,9 +40,10 @@ class SerialConsole:
         self._task: asyncio.Task[None] | None = None
         self._writer_alive: Callable[[], bool] = lambda: False
 
-    def follow(self, path: Path, writer_alive: Callable[[], bool]) -> None:
-        """Start reading ``path`` from its beginning, until ``writer_alive()`` is false and it is read out."""
+    def follow(self, path: Path, writer_alive: Callable[[], bool], *, start: int = 0) -> None:
+        """Start reading ``path`` at byte ``start``, until ``writer_alive()`` is false and it is read out."""
         file = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by the reading task)
+        file.seek(start)
         self._writer_alive = writer_alive
         self._task = asyncio.create_task(self._follow(file), name=f"serial-{self.role}")
 

@@ -124,6 +124,18 @@ class HostFiles:
         self.legend[name] = str(path)
         return name
 
+    def memory(self, path: Path) -> str:
+        """A guest-memory file (``memory-backend-file``): ``/proc/self/fd/N`` of a read-write descriptor.
+
+        QEMU re-opens it through that link read-write (QEMU 7.2 does even for a private mapping), so the
+        file's own mode must let QEMU's user write it: see :mod:`vmtest.machine.mapped`.
+        """
+        if not self.pass_descriptors:
+            return qemu_path(path)
+        name = f"/proc/self/fd/{self._open(path, os.O_RDWR | os.O_CREAT)}"
+        self.legend[name] = f"{path} (guest memory)"
+        return name
+
     def _sealed_copy(self, path: Path) -> int:
         fd = os.memfd_create(path.name, os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         self._fds.append(fd)

@@ -88,6 +88,11 @@ class Machine:
         self._exited: asyncio.Task[int] | None = None
         self._crashed: asyncio.Future[QmpEvent] | None = None
         self._io_stopped: asyncio.Future[QmpEvent] | None = None
+        self._console_starts: dict[str, int] = {}
+        self.throwaway = False
+        """The guest's disk is discarded after the run: :meth:`shutdown` ends QEMU with ``quit`` at once."""
+        self.preferred_ports: dict[str, int] = {}
+        """Host ports to try first for the forwards (a VM restarted in place keeps its predecessor's)."""
 
     # ----------------------------------------------------------------------------------- start
 
@@ -102,7 +107,10 @@ class Machine:
         qmp_ours, qmp_theirs = socket.socketpair()
         serial_pairs = {role: _serial_pair() for role in self.raw_serial_roles}
         for role in self.text_serial_roles:  # made before QEMU opens it, so a reader can follow it at once
-            self.run_dir.serial_log(role).touch(mode=0o600)
+            path = self.run_dir.serial_log(role)
+            path.touch(mode=0o600)
+            # A QEMU restarted in the same run directory appends: its reader starts after the old output.
+            self._console_starts[role] = path.stat().st_size
         files = HostFiles(pass_descriptors=True)
         try:
             args = self.command_line(
@@ -232,11 +240,13 @@ class Machine:
         self.monitor.add_listener(self._note_crash)
         for role in self.text_serial_roles:
             console = SerialConsole(role)
-            console.follow(self.run_dir.serial_log(role), lambda: self.running)
+            console.follow(
+                self.run_dir.serial_log(role), lambda: self.running, start=self._console_starts.get(role, 0)
+            )
             self.consoles[role] = console
         self.serial_sockets.update(serials)  # raw ports (the KD link) belong to their capture source
         status = await self.monitor.execute("query-status")
-        if status.get("status") != "prelaunch":
+        if status.get("status") not in ("prelaunch", "inmigrate"):  # inmigrate: -incoming defer
             raise MonitorError(f"QEMU should be stopped before the guest runs, but its status is {status}")
 
     def _note_crash(self, event: QmpEvent) -> None:
@@ -269,8 +279,9 @@ class Machine:
 
     async def _add_forwards(self) -> None:
         for name, guest_port in self.profile.forwards.items():
-            for _ in range(_FORWARD_ATTEMPTS):
-                port = free_loopback_port()
+            for attempt in range(_FORWARD_ATTEMPTS):
+                preferred = self.preferred_ports.get(name)
+                port = preferred if attempt == 0 and preferred else free_loopback_port()
                 rule = f"tcp:{LOOPBACK}:{port}-:{guest_port}"
                 try:
                     await self.monitor.hmp(f"hostfwd_add net0 {rule}")
@@ -398,7 +409,10 @@ class Machine:
                     await self.monitor.execute("remove-fd", {"fdset-id": fdset})
 
     async def shutdown(self) -> ShutdownReport:
-        """Stop QEMU by the gentlest step that works: guest power-off, QMP quit, SIGTERM, SIGKILL."""
+        """Stop QEMU by the gentlest step that works: guest power-off, QMP quit, SIGTERM, SIGKILL.
+
+        A :attr:`throwaway` machine skips the power-off: nothing in its guest is worth a clean shutdown.
+        """
         if self.process is None:
             return ShutdownReport("never started", None)
         report = await self._shutdown_ladder()
@@ -415,7 +429,7 @@ class Machine:
         if self._exited.done():
             return ShutdownReport("already exited", self._exited.result())
         budget = self.timeouts.shutdown
-        guest_can_act = self.crash is None and await self._guest_running()
+        guest_can_act = not self.throwaway and self.crash is None and await self._guest_running()
         if guest_can_act:
             powerdown = min(self.profile.powerdown_timeout, budget / 2)
             with contextlib.suppress(InfraError):

@@ -127,6 +127,21 @@ class Monitor:
             result = await self.execute("add-fd", {"opaque": what})
         return int(result["fdset-id"])
 
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU a copy of ``fd`` (SCM_RIGHTS over the QMP socket) as ``name``, for ``fd:name`` URIs.
+
+        QEMU attaches the descriptor it received to the next command, so ``getfd`` follows at once. The
+        caller keeps (and closes) its own ``fd``; QEMU closes its copy when the user of ``name`` is done.
+        """
+        async with self._fd_lock:  # the descriptor travels with the next command: keep the pair together
+            if not self.connected:
+                raise MachineExited(f"QMP getfd {name}: the QMP connection is closed")
+            try:
+                self._client.send_fd_scm(fd)
+            except (OSError, QMPError) as error:
+                raise MonitorError(f"passing a file descriptor to QEMU failed: {error}") from None
+            await self.execute("getfd", {"fdname": name})
+
     async def hmp(self, command_line: str, *, timeout: float | None = None) -> str:
         """Run a human-monitor command; HMP reports failures as text, which this turns into errors."""
         result = await self.execute("human-monitor-command", {"command-line": command_line}, timeout=timeout)

@@ -1,5 +1,8 @@
 """RAM snapshots over QMP, and warm starts from a per-image snapshot of the ready guest.
 
+The warm store here (copies of qcow2 files holding the RAM state) is the fallback: where QEMU can map
+a RAM file, :mod:`vmtest.machine.mapped` is used instead. The QMP jobs serve both (``checkpoint()``).
+
 The QMP side: :func:`save_snapshot`, :func:`load_snapshot` and :func:`delete_snapshot` run QEMU's
 ``snapshot-save``/``snapshot-load``/``snapshot-delete`` jobs with ``vmstate`` = the profile's first
 :attr:`~vmtest.machine.profiles.base.Profile.snapshot_nodes` and ``devices`` = all of them. A job's
