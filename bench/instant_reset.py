@@ -47,7 +47,7 @@ from warm_vs_cold import (
 
 from vmtest.config.models import LinuxGuestConfig, MachineConfig, Timeouts, VmtestConfig
 from vmtest.guest.banner import wait_for_ssh_banner
-from vmtest.guest.connect import guest_for
+from vmtest.guests import guest_for
 from vmtest.images.linux import LinuxImage
 from vmtest.machine.machine import Machine
 from vmtest.machine.mapped import (
