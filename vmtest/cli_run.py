@@ -87,7 +87,8 @@ def run_command(
             print(f"vmtest: nothing ran ({result.mode} mode)", file=sys.stderr)
         if result.message:
             # A driver's own lines can pass while its run failed (it did not load): say which one counts.
-            overruled = f"run {result.status.upper()}: " if verdict.passed and verdict.scenarios else ""
+            failed = result.status == "failed" and verdict.passed and verdict.scenarios
+            overruled = "run FAILED: " if failed else ""  # infrastructure and interrupts name their phase
             print(f"vmtest: {overruled}{printable_lines(result.message)}", file=sys.stderr)
         html = result.reports.get("html", result.run_dir / "report.html")
         print(f"vmtest: report: {html}", file=sys.stderr)

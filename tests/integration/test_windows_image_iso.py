@@ -11,6 +11,7 @@ deadline, the commit into the golden disk, image.json, and booting the sealed im
 from __future__ import annotations
 
 import asyncio
+import atexit
 import base64
 import json
 import os
@@ -18,6 +19,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from pathlib import Path
@@ -42,6 +44,7 @@ from vmtest.images.windows11 import (
 )
 from vmtest.images.windows11 import host as windows_host
 from vmtest.images.windows11.answer import UNATTEND_NS
+from vmtest.machine.confine import Confinement
 from vmtest.machine.machine import Machine
 from vmtest.machine.profiles.windows11 import Windows11Profile
 from vmtest.machine.rundir import RunDirectory
@@ -258,12 +261,22 @@ def fake_installer(lines: list[str], *, power_off: bool = True) -> bytes:
 
 
 def with_fake_installer(tmp_path: Path, lines: list[str], *, power_off: bool = True) -> tuple[str, ...]:
-    """QEMU arguments adding a disk OVMF boots after the (blank) disk and the (fake) Windows CD."""
-    boot = tmp_path / "fake-esp" / "EFI" / "BOOT"
+    """QEMU arguments adding a disk OVMF boots after the (blank) disk and the (fake) Windows CD.
+
+    The stand-in is a host folder QEMU reads itself (vvfat), so it lives where QEMU's unprivileged user
+    can reach it (pytest's folders are root's, 0700), owned by that user, and is removed at exit.
+    """
+    esp = Path(tempfile.mkdtemp(prefix="vmtest-fake-esp-"))
+    atexit.register(shutil.rmtree, esp, True)
+    boot = esp / "EFI" / "BOOT"
     boot.mkdir(parents=True)
     (boot / "BOOTX64.EFI").write_bytes(fake_installer(lines, power_off=power_off))
+    run_as = Confinement.default().run_as
+    if run_as is not None:
+        for path in (esp, esp / "EFI", boot, boot / "BOOTX64.EFI"):
+            os.chown(path, run_as.uid, run_as.gid)
     return (
-        "-drive", f"file=fat:rw:{tmp_path / 'fake-esp'},format=vvfat,if=none,id=fake",
+        "-drive", f"file=fat:rw:{esp},format=vvfat,if=none,id=fake",
         "-device", "ide-hd,drive=fake,bus=ide.3,bootindex=3",
     )  # fmt: skip
 

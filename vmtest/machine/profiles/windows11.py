@@ -274,7 +274,7 @@ class Windows11Profile(Profile):
             "-drive", "if=pflash,format=raw,unit=0,readonly=on,"            # §1.2: no Secure Boot
                       f"file={files.image(self.hardware.ovmf_code, writable=False)}",
             "-drive", "if=pflash,format=qcow2,unit=1,node-name=efivars,"    # §1.11, §7: qcow2 VARS
-                      f"{self.overlay_file(context, 1)},werror=stop",
+                      f"{self.overlay_file(context, 1)}",  # pflash takes no werror (QEMU refuses it)
             "-drive", f"{self.overlay_file(context, 0)},if=none,id=hd0,format=qcow2,node-name=disk0,"
                       "discard=unmap,werror=stop",
             "-device", "ide-hd,drive=hd0,bus=ide.0,bootindex=1",           # §1.5: AHCI
