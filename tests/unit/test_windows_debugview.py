@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from scripted_windows import ScriptedWindows
 
 from vmtest.capture.debugview import (
     DebugViewSource,
@@ -25,7 +25,6 @@ from vmtest.capture.debugview import (
 )
 from vmtest.capture.source import Capture
 from vmtest.errors import GuestCommandFailed
-from vmtest.guest.transport import CommandResult, ProgressCallback, Transport
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "windows"
 PROGRAM = r"C:\vmtest\tools\dbgviewcli.exe"
@@ -35,42 +34,18 @@ LOG = f'Line,Time,Message\r\n1,"0.001","Driver loaded, hello"\r\n2,"0.002","{LIN
 
 
 @dataclass
-class SshWindows(Transport):
+class SshWindows(ScriptedWindows):
     """A Windows guest behind Win32-OpenSSH: session children die with the session's command."""
 
     running: dict[int, list[str]] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)
-    commands: list[list[str]] = field(default_factory=list)
     next_pid: int = 4242
-
-    def wait_ready(self, timeout: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-    def put(
-        self, local: Path, remote: str, *, timeout: float, progress: ProgressCallback | None = None
-    ) -> None:
-        self.files[remote] = local.read_bytes()
-
-    def get(
-        self, remote: str, local: Path, *, timeout: float, progress: ProgressCallback | None = None
-    ) -> None:
-        local.write_bytes(self.files[remote])
-
-    def run(self, argv: Sequence[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
-        argv = list(argv)
-        self.commands.append(argv)
-        code, output = self._answer(argv)
-        return CommandResult(" ".join(argv), code, output, b"", 0.01)
 
     def _spawn(self, argv: list[str]) -> int:
         pid, self.next_pid = self.next_pid, self.next_pid + 4
         self.running[pid] = argv
         return pid
 
-    def _answer(self, argv: list[str]) -> tuple[int, bytes]:
+    def answer(self, argv: list[str]) -> tuple[int, bytes]:
         if argv[:5] == ["cmd.exe", "/c", "start", "", "/b"]:
             pid = self._spawn(argv[5:])
             del self.running[pid]  # the session's command returned: the job object kills its children
@@ -179,10 +154,10 @@ def test_the_guis_tab_separated_log_still_parses() -> None:
 
 def test_a_missing_program_is_named_when_wmi_cannot_start_it(tmp_path: Path) -> None:
     class NoProgram(SshWindows):
-        def _answer(self, argv: list[str]) -> tuple[int, bytes]:
+        def answer(self, argv: list[str]) -> tuple[int, bytes]:
             if argv[0] == "powershell.exe":
                 return 0, b"ReturnValue=9 ProcessId=\r\n"  # Win32_Process.Create: 9 = path not found
-            return super()._answer(argv)
+            return super().answer(argv)
 
     with pytest.raises(
         GuestCommandFailed, match=r"dbgviewcli\.exe\) in the guest through WMI failed: .*path not found"
